@@ -1,0 +1,39 @@
+# cxr-augment: every target installs what it needs into .venv first (idempotent).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/local.yaml
+ARGS   ?=
+
+.PHONY: install demo test test-fast bench clean-runs help
+
+help:
+	@echo "make demo    run the main job on the embedded default ($(CONFIG))"
+	@echo "make test    install and run the whole test suite (all but gpu-marked tests)"
+	@echo "make bench   run the benchmarks (writes bench/results/*.json)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision first, pinned: they come from this machine's disk (see README)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m jobs.pipeline --config $(CONFIG) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu" $(ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not gpu and not slow" $(ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,360 @@
+"""Run configuration: one pydantic model per stage, one run profile per YAML file.
+
+A profile in ``configs/*.yaml`` is validated by :class:`RunConfig`. Unknown keys and
+wrong types are rejected with the key's dotted path in the message, so a typo such as
+``classifier.epoks`` fails before any work starts. Single keys can be overridden from
+the command line (``--set classifier.epochs=2``); the value is parsed as YAML, so
+``--set data.phantom.prevalence.Hernia=0.02`` and ``--set resources.use_gpu=true`` work.
+
+The library, the Ray jobs and the Serve application all use these classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from augment.findings import FINDINGS
+
+__all__ = [
+    "ConfigError",
+    "StageConfig",
+    "PhantomConfig",
+    "SplitConfig",
+    "DataConfig",
+    "RegistrationConfig",
+    "InpaintingConfig",
+    "ClassifierConfig",
+    "AttentionConfig",
+    "QualityConfig",
+    "AugmentConfig",
+    "ResourcesConfig",
+    "TrackingConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """A run profile or an override is invalid; the message names the key and the fix."""
+
+
+class StageConfig(BaseModel):
+    """Base of every config model: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _check_findings(names: list[str] | dict[str, Any], where: str) -> None:
+    unknown = [n for n in names if n not in FINDINGS]
+    if unknown:
+        raise ValueError(
+            f"unknown finding(s) {unknown} in {where}; use NIH's spelling, one of {list(FINDINGS)}"
+        )
+
+
+class PhantomConfig(StageConfig):
+    """Procedural phantom radiographs (the embedded default data set)."""
+
+    n_images: int = Field(240, ge=4, description="images to generate")
+    image_size: int = Field(256, ge=32, le=2048)
+    n_patients: int | None = Field(None, ge=1, description="default: about 0.8 images per patient")
+    seed: int = 0
+    healthy_fraction: float = Field(0.4, ge=0.0, le=1.0, description="share of 'No Finding' images")
+    prevalence: dict[str, float] = Field(
+        default_factory=lambda: {
+            "Cardiomegaly": 0.25,
+            "Effusion": 0.25,
+            "Atelectasis": 0.2,
+            "Consolidation": 0.15,
+            "Nodule": 0.12,
+            "Mass": 0.06,
+            "Pneumothorax": 0.04,
+        },
+        description="per-finding probability among the diseased images",
+    )
+
+    @field_validator("prevalence")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        _check_findings(v, "data.phantom.prevalence")
+        bad = {k: p for k, p in v.items() if not 0.0 <= p <= 1.0}
+        if bad:
+            raise ValueError(f"prevalence must be in [0, 1]; got {bad}")
+        return v
+
+
+class SplitConfig(StageConfig):
+    """Patient-wise split used when the folder has no official NIH lists."""
+
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    seed: int = 0
+    use_official_lists: bool = Field(True, description="use train_val_list.txt / test_list.txt when present")
+
+
+class DataConfig(StageConfig):
+    """Where the real images come from and how they are read."""
+
+    source: Literal["phantom", "nih"] = "phantom"
+    root: str | None = Field(None, description="NIH-layout folder (local path or file:// URI); for phantom, where it is written")
+    image_size: int = Field(128, ge=16, le=2048, description="side length the stages work at")
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="missing/corrupt images and unknown labels: fail, or skip and count"
+    )
+    phantom: PhantomConfig = PhantomConfig()
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _root_for_nih(self) -> "DataConfig":
+        if self.source == "nih" and not self.root:
+            raise ValueError("data.root is required when data.source is 'nih': give the NIH folder")
+        return self
+
+
+class RegistrationConfig(StageConfig):
+    """Demons registration of a diseased reference onto a healthy query."""
+
+    backend: Literal["torch", "simpleitk"] = "torch"
+    variant: Literal["symmetric", "diffeomorphic"] = "symmetric"
+    iterations: int = Field(50, ge=1, le=10000)
+    alpha: float = Field(1.0, gt=0.0, description="weight of the intensity difference term")
+    sigma_field: float = Field(1.5, ge=0.0, description="Gaussian smoothing of the displacement field, pixels")
+    sigma_update: float = Field(0.0, ge=0.0, description="Gaussian smoothing of the update field, pixels (0 = off)")
+    max_step: float = Field(2.0, gt=0.0, description="maximum update length per iteration, pixels")
+    pyramid_levels: int = Field(2, ge=1, le=6)
+    tolerance: float = Field(0.0, ge=0.0, description="stop when the RMS field change falls under it (0 = run all)")
+    prealign: Literal["none", "similarity", "affine"] = "similarity"
+    k_references: int = Field(3, ge=1)
+    reference_metric: Literal["ncc", "embedding"] = "ncc"
+    mask_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    batch_size: int = Field(16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class InpaintingConfig(StageConfig):
+    """Flow-matching inpainter: velocity network, training and sampling."""
+
+    crop_size: int = Field(64, ge=16, le=1024, description="model resolution; a crop around the mask is inpainted")
+    block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = Field(1, ge=1, le=4)
+    gamma: float = Field(0.0, ge=0.0, description="latent noise scale of the interpolant")
+    label_dropout: float = Field(0.1, ge=0.0, le=1.0)
+    mask_loss_weight: float = Field(10.0, ge=1.0, description="loss weight inside the mask relative to outside")
+    train_steps: int = Field(600, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    sample_every: int = Field(200, ge=1)
+    solver: Literal["euler", "heun", "dopri5"] = "euler"
+    steps: int = Field(10, ge=1, le=1000)
+    guidance: float = Field(1.5, ge=0.0)
+    bf16: bool = True
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ClassifierConfig(StageConfig):
+    """EfficientNet multi-label classifier (the paper's recipe is the default)."""
+
+    arch: Literal["efficientnet-b0", "efficientnet-b4"] = "efficientnet-b4"
+    image_size: int = Field(128, ge=32, le=1024)
+    pretrained: Literal["none", "imagenet"] = "none"
+    weights_path: str | None = Field(None, description="local ImageNet weights for pretrained: imagenet")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    batch_norm_momentum: float = Field(0.9, gt=0.0, lt=1.0, description="efficientnet_pytorch convention (TF style)")
+    pos_weight: Literal["none", "balanced"] = "none"
+    augment: bool = True
+    early_stopping_patience: int = Field(0, ge=0, description="0 = off")
+    plateau_patience: int = Field(2, ge=0)
+    amp: bool = Field(True, description="bf16 autocast on GPU")
+    seed: int = 0
+
+
+class AttentionConfig(StageConfig):
+    """Where a finding lives: the attention-map source and its mask."""
+
+    source: Literal["gradcam", "bbox", "phantom", "xrv"] = "gradcam"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    min_area: float = Field(0.002, ge=0.0, le=1.0)
+    max_area: float = Field(0.25, gt=0.0, le=1.0)
+
+
+class QualityConfig(StageConfig):
+    """The acceptance gate."""
+
+    margin: float = Field(0.05, ge=0.0, le=1.0, description="required rise of the target probability")
+    outside_tolerance: float = Field(1e-6, ge=0.0)
+    min_pixel_distance: float = Field(0.01, ge=0.0, description="RMS distance to the nearest training image")
+    min_embedding_distance: float = Field(0.02, ge=0.0, description="cosine distance to the nearest training embedding")
+
+
+class AugmentConfig(StageConfig):
+    """The Ray Data augmentation job."""
+
+    findings: list[str] = Field(default_factory=lambda: ["Pneumothorax", "Mass", "Nodule"])
+    target_count: int = Field(40, ge=0, description="bring each finding up to this many training positives")
+    max_per_finding: int = Field(60, ge=0)
+    output: str = Field("runs/local/augmented", description="augmented pool (local path or URI)")
+    batch_size: int = Field(8, ge=1)
+    register_actors: int = Field(1, ge=1)
+    inpaint_actors: int = Field(1, ge=1)
+    gate_actors: int = Field(1, ge=1)
+    seed: int = 0
+
+    @field_validator("findings")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        _check_findings(v, "augment.findings")
+        return v
+
+
+class ResourcesConfig(StageConfig):
+    """Ray resources; the same code runs on a laptop and on a GPU cluster."""
+
+    num_cpus: int | None = Field(None, ge=1, description="for a local ray.init; None = all")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    cpus_per_actor: float = Field(0.5, gt=0.0, description="<1 avoids the read-then-actor-pool deadlock on 2 cores")
+    gpus_per_actor: float = Field(0.0, ge=0.0)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class TrackingConfig(StageConfig):
+    """MLflow: a SQLite file by default, a server when a URI is given."""
+
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI")
+    experiment: str | None = Field(None, description="default: cxr-augment/<profile name>")
+    artifact_location: str | None = None
+    enabled: bool = True
+
+
+class RunConfig(StageConfig):
+    """A whole run profile (one ``configs/*.yaml``)."""
+
+    name: str = "local"
+    seed: int = 0
+    output_dir: str = Field("runs/local", description="where stages write their outputs")
+    data: DataConfig = DataConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+    inpainting: InpaintingConfig = InpaintingConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    attention: AttentionConfig = AttentionConfig()
+    quality: QualityConfig = QualityConfig()
+    augment: AugmentConfig = AugmentConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"cxr-augment/{self.name}"
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable short hash of the given sections (all when none), for caching stage outputs."""
+        dump = self.model_dump(mode="json")
+        if sections:
+            dump = {s: dump[s] for s in sections}
+        blob = json.dumps(dump, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view, as logged to MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = value
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key; check the spelling against configs/local.yaml")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"  {path}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``key.path=value`` overrides applied (values parsed as YAML)."""
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE; write e.g. --set classifier.epochs=2")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Load and validate a run profile.
+
+    Args:
+        path: a YAML profile; ``None`` gives the built-in defaults (the embedded default).
+        overrides: ``["section.key=value", ...]`` applied before validation.
+
+    Raises:
+        ConfigError: file missing, not a mapping, unknown key, wrong type; the message gives
+            the dotted key path.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pick one of configs/*.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+        source = str(p)
+    raw = apply_overrides(raw, overrides)
+    if overrides:
+        source += f" with overrides {overrides}"
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
