@@ -1,0 +1,1 @@
+"""Evaluation: plots, fidelity and utility metrics, reports."""
