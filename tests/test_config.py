@@ -49,7 +49,7 @@ def test_nih_source_needs_root():
     [
         ("classifier.epochs=2", ("classifier", "epochs"), 2),
         ("resources.use_gpu=true", ("resources", "use_gpu"), True),
-        ("data.phantom.prevalence.Hernia=0.02", ("data", "phantom"), None),
+        ("data.phantom.prevalence.Pneumothorax=0.02", ("data", "phantom"), None),
         ("tracking.uri=http://mlflow:5000", ("tracking", "uri"), "http://mlflow:5000"),
     ],
 )
@@ -57,7 +57,7 @@ def test_overrides(override, key, expected):
     cfg = load_config(REPO / "configs" / "local.yaml", [override])
     value = getattr(getattr(cfg, key[0]), key[1])
     if expected is None:
-        assert value.prevalence["Hernia"] == 0.02
+        assert value.prevalence["Pneumothorax"] == 0.02
         assert value.prevalence["Cardiomegaly"] == 0.25  # the rest of the mapping is kept
     else:
         assert value == expected
