@@ -20,7 +20,7 @@ def test_result_type_and_shapes(real_pairs):
     for t in (reg.mse_before, reg.mse_after, reg.ncc_before, reg.ncc_after, reg.folded_fraction, reg.iterations):
         assert t.shape == (2,)
     assert reg.iterations.tolist() == [20, 20]  # 10 per level, 2 levels
-    assert reg.backend == "torch" and reg.variant == "symmetric"
+    assert reg.backend == "torch" and reg.variant == "diffeomorphic"  # the default
     assert reg.prealign_matrix.shape == (2, 2, 3)
     assert torch.allclose(reg.warped, warp_image(moving[:2], reg.field), atol=1e-6)
 
