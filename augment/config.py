@@ -4,7 +4,7 @@ A profile in ``configs/*.yaml`` is validated by :class:`RunConfig`. Unknown keys
 wrong types are rejected with the key's dotted path in the message, so a typo such as
 ``classifier.epoks`` fails before any work starts. Single keys can be overridden from
 the command line (``--set classifier.epochs=2``); the value is parsed as YAML, so
-``--set data.phantom.prevalence.Hernia=0.02`` and ``--set resources.use_gpu=true`` work.
+``--set data.phantom.prevalence.Pneumothorax=0.02`` and ``--set resources.use_gpu=true`` work.
 
 The library, the Ray jobs and the Serve application all use these classes.
 """
@@ -36,6 +36,7 @@ __all__ = [
     "AugmentConfig",
     "ResourcesConfig",
     "TrackingConfig",
+    "ServeConfig",
     "RunConfig",
     "load_config",
     "apply_overrides",
@@ -65,7 +66,7 @@ class PhantomConfig(StageConfig):
 
     n_images: int = Field(240, ge=4, description="images to generate")
     image_size: int = Field(256, ge=32, le=2048)
-    n_patients: int | None = Field(None, ge=1, description="default: about 0.8 images per patient")
+    n_patients: int | None = Field(None, ge=1, description="default: about 3 images per patient (full NIH has 3.6)")
     seed: int = 0
     healthy_fraction: float = Field(0.4, ge=0.0, le=1.0, description="share of 'No Finding' images")
     prevalence: dict[str, float] = Field(
@@ -123,10 +124,12 @@ class RegistrationConfig(StageConfig):
     """Demons registration of a diseased reference onto a healthy query."""
 
     backend: Literal["torch", "simpleitk"] = "torch"
-    variant: Literal["symmetric", "diffeomorphic"] = "symmetric"
+    variant: Literal["symmetric", "diffeomorphic"] = Field(
+        "diffeomorphic", description="diffeomorphic folds (almost) no pixels; symmetric is ~1.5x faster"
+    )
     iterations: int = Field(50, ge=1, le=10000)
     alpha: float = Field(1.0, gt=0.0, description="weight of the intensity difference term")
-    sigma_field: float = Field(1.5, ge=0.0, description="Gaussian smoothing of the displacement field, pixels")
+    sigma_field: float = Field(2.5, ge=0.0, description="Gaussian smoothing of the displacement field, pixels (1.5 folds 25-35% of pixels on pairs of different patients)")
     sigma_update: float = Field(0.0, ge=0.0, description="Gaussian smoothing of the update field, pixels (0 = off)")
     max_step: float = Field(2.0, gt=0.0, description="maximum update length per iteration, pixels")
     pyramid_levels: int = Field(2, ge=1, le=6)
@@ -143,18 +146,28 @@ class InpaintingConfig(StageConfig):
     """Flow-matching inpainter: velocity network, training and sampling."""
 
     crop_size: int = Field(64, ge=16, le=1024, description="model resolution; a crop around the mask is inpainted")
+    region: Literal["crop", "full"] = Field(
+        "crop", description="crop: inpaint a crop around the mask at crop_size; full: the whole image at its own size"
+    )
+    context: float = Field(0.5, ge=0.0, le=4.0, description="crop margin around the mask's box, as a fraction of its side")
     block_out_channels: list[int] = Field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = Field(1, ge=1, le=4)
+    mid_attention: bool = Field(True, description="self-attention in the UNet's middle block")
     gamma: float = Field(0.0, ge=0.0, description="latent noise scale of the interpolant")
     label_dropout: float = Field(0.1, ge=0.0, le=1.0)
     mask_loss_weight: float = Field(10.0, ge=1.0, description="loss weight inside the mask relative to outside")
-    train_steps: int = Field(600, ge=1)
+    finding_fraction: float = Field(
+        0.7, ge=0.0, le=1.0, description="share of training examples masked by a finding's mask (the rest: random blobs/boxes on healthy images)"
+    )
+    train_steps: int = Field(1000, ge=1, description="default sized for ~10-12 min on 2 CPU cores (crop 64, batch 8)")
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(2e-4, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="AdamW; 1e-3 beat 2e-4 on the short CPU budget (small UNet, grad clip 1.0)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     sample_every: int = Field(200, ge=1)
     solver: Literal["euler", "heun", "dopri5"] = "euler"
     steps: int = Field(10, ge=1, le=1000)
+    atol: float = Field(1e-3, gt=0.0, description="dopri5 absolute tolerance (torchdiffeq's default 1e-9 costs 3-6x more evaluations)")
+    rtol: float = Field(1e-3, gt=0.0, description="dopri5 relative tolerance")
     guidance: float = Field(1.5, ge=0.0)
     bf16: bool = True
     seed: int = 0
@@ -178,6 +191,9 @@ class ClassifierConfig(StageConfig):
     plateau_patience: int = Field(2, ge=0)
     amp: bool = Field(True, description="bf16 autocast on GPU")
     seed: int = 0
+    max_failures: int = Field(
+        2, ge=0, description="Ray Train worker-group restarts allowed; training resumes from the last epoch's checkpoint"
+    )
 
 
 class AttentionConfig(StageConfig):
@@ -187,6 +203,19 @@ class AttentionConfig(StageConfig):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     min_area: float = Field(0.002, ge=0.0, le=1.0)
     max_area: float = Field(0.25, gt=0.0, le=1.0)
+    gradcam_variant: Literal["gradcam", "gradcam++"] = "gradcam"
+    gradcam_layer: Literal["head", "stride16"] = Field(
+        "head", description="head = the last conv block (stride 32); stride16 = the block before it, twice the resolution"
+    )
+    batch_size: int = Field(16, ge=1, description="images per Grad-CAM backward pass")
+    xrv_weights: str = Field("densenet121-res224-nih", description="torchxrayvision DenseNet weights name (source: xrv)")
+    xrv_cache_dir: str | None = Field(None, description="folder of the xrv weights file; default ~/.torchxrayvision/models_data")
+
+    @model_validator(mode="after")
+    def _areas(self) -> "AttentionConfig":
+        if self.min_area > self.max_area:
+            raise ValueError(f"attention.min_area ({self.min_area}) must not exceed attention.max_area ({self.max_area})")
+        return self
 
 
 class QualityConfig(StageConfig):
@@ -196,6 +225,7 @@ class QualityConfig(StageConfig):
     outside_tolerance: float = Field(1e-6, ge=0.0)
     min_pixel_distance: float = Field(0.01, ge=0.0, description="RMS distance to the nearest training image")
     min_embedding_distance: float = Field(0.02, ge=0.0, description="cosine distance to the nearest training embedding")
+    bank_image_size: int = Field(64, ge=8, le=1024, description="side length training images are kept at for the pixel nearest-neighbour check")
 
 
 class AugmentConfig(StageConfig):
@@ -205,10 +235,12 @@ class AugmentConfig(StageConfig):
     target_count: int = Field(40, ge=0, description="bring each finding up to this many training positives")
     max_per_finding: int = Field(60, ge=0)
     output: str = Field("runs/local/augmented", description="augmented pool (local path or URI)")
+    references_per_finding: int = Field(32, ge=1, description="diseased references read per finding")
     batch_size: int = Field(8, ge=1)
     register_actors: int = Field(1, ge=1)
     inpaint_actors: int = Field(1, ge=1)
     gate_actors: int = Field(1, ge=1)
+    max_attempts: int = Field(3, ge=1, description="runs of the Ray Data job; each resumes from the pool after a failure")
     seed: int = 0
 
     @field_validator("findings")
@@ -239,6 +271,41 @@ class TrackingConfig(StageConfig):
     enabled: bool = True
 
 
+class ServeConfig(StageConfig):
+    """The Ray Serve generation service (``services/``): models, limits, batching, access.
+
+    Model locations are a checkpoint file, a folder holding one, or an MLflow model URI
+    (``runs:/<id>/model``, ``models:/<name>/<version>``); ``None`` means where the pipeline
+    writes them under ``output_dir``. The deployment's ``user_config`` may override
+    ``classifier``, ``generator``, ``references``, ``batching``, ``max_batch_size`` and
+    ``batch_wait_timeout_s`` at run time (models reload without a restart).
+    """
+
+    classifier: str | None = Field(None, description="classifier checkpoint or MLflow model URI; default <output_dir>/classifier/classifier.pt")
+    generator: str | None = Field(None, description="inpainting checkpoint or MLflow model URI; default <output_dir>/generator/generator.pt")
+    references: str | None = Field(None, description="NIH-layout folder of diseased reference images; default the profile's data root")
+    references_per_finding: int = Field(32, ge=1, le=4096, description="diseased references kept in memory per finding")
+    max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest accepted image file; larger answers 413")
+    min_image_side: int = Field(32, ge=8, description="smaller images answer 422")
+    max_image_side: int = Field(4096, ge=32, le=16384, description="larger images answer 422")
+    max_aspect_ratio: float = Field(2.0, ge=1.0, description="long side / short side above it answers 422")
+    max_findings: int = Field(3, ge=1, le=14, description="findings per /v1/generate request")
+    max_samples: int = Field(4, ge=1, le=64, description="samples per request (the n option)")
+    max_steps: int = Field(100, ge=1, le=1000, description="largest ODE step count a request may ask for")
+    batching: bool = Field(True, description="group concurrent /v1/generate requests with @serve.batch")
+    max_batch_size: int = Field(8, ge=1, le=256, description="@serve.batch max_batch_size")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0, description="@serve.batch batch_wait_timeout_s")
+    retry_after_s: int = Field(2, ge=0, le=3600, description="Retry-After of 503 answers under overload")
+    require_token: bool = Field(True, description="refuse to start without a bearer token (env CXR_API_TOKEN or token_file)")
+    token_file: str | None = Field(None, description="file holding the bearer token (e.g. a mounted Kubernetes Secret); env CXR_API_TOKEN wins")
+
+    @model_validator(mode="after")
+    def _sides(self) -> "ServeConfig":
+        if self.min_image_side > self.max_image_side:
+            raise ValueError(f"serve.min_image_side ({self.min_image_side}) must not exceed serve.max_image_side ({self.max_image_side})")
+        return self
+
+
 class RunConfig(StageConfig):
     """A whole run profile (one ``configs/*.yaml``)."""
 
@@ -254,6 +321,7 @@ class RunConfig(StageConfig):
     augment: AugmentConfig = AugmentConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def experiment_name(self) -> str:
