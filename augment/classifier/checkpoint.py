@@ -1,0 +1,142 @@
+"""Classifier checkpoints: ``{state_dict, config, version}`` on disk and in MLflow.
+
+A checkpoint is a ``torch.save`` file holding the weights, the :class:`ClassifierConfig`
+that rebuilds the network, and the format version (plus the finding names and the
+package version, checked on load). Services and later stages load a local path or an
+MLflow URI (``runs:/<run id>/model``, ``models:/<name>/<version>``, ...) with
+:func:`load_classifier`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from augment import __version__
+from augment.classifier.model import Classifier, build_classifier
+from augment.config import ClassifierConfig
+from augment.findings import FINDINGS
+
+__all__ = ["CHECKPOINT_VERSION", "CHECKPOINT_NAME", "CheckpointError", "unwrap", "save_checkpoint", "load_checkpoint", "load_classifier"]
+
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "classifier.pt"
+_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "http://", "https://")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or of another format; the message says which."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module under DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ClassifierConfig, extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write ``{state_dict, config, version, ...}`` (temp file in the same folder, then rename).
+
+    Args:
+        path: the target file (``classifier.pt`` by convention); folders are created.
+        model: the classifier, possibly wrapped by DDP; weights are saved on the CPU.
+        cfg: the config that rebuilds it.
+        extra: more JSON-like entries (metrics, epoch), stored under ``"extra"``.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    bare = unwrap(model)
+    payload = {
+        "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in bare.state_dict().items()},
+        "config": cfg.model_dump(mode="json"),
+        "version": CHECKPOINT_VERSION,
+        "findings": list(FINDINGS),
+        "augment_version": __version__,
+        "extra": extra or {},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint file; returns its dict with ``config`` as a :class:`ClassifierConfig`."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found; train one with `python -m jobs.train_classifier`")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise CheckpointError(f"{p}: not a readable classifier checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "config", "version"} <= set(ckpt):
+        raise CheckpointError(f"{p}: expected a dict with state_dict, config and version; got {type(ckpt).__name__}")
+    if int(ckpt["version"]) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{p}: checkpoint format {ckpt['version']} is newer than this code's {CHECKPOINT_VERSION}; upgrade cxr-augment"
+        )
+    findings = ckpt.get("findings", list(FINDINGS))
+    if list(findings) != list(FINDINGS):
+        raise CheckpointError(f"{p}: the checkpoint predicts {findings}, this code expects {list(FINDINGS)}")
+    ckpt = dict(ckpt)
+    ckpt["config"] = ClassifierConfig.model_validate(ckpt["config"])
+    return ckpt
+
+
+def _resolve(path_or_uri: str | os.PathLike, tracking_uri: str | None) -> Path:
+    text = str(path_or_uri)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if text.startswith(_URI_SCHEMES):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except Exception as exc:  # MlflowException, network errors
+            raise CheckpointError(f"{text}: cannot download from MLflow ({exc}); check the URI and the tracking URI") from None
+    else:
+        local = Path(text)
+    if local.is_dir():
+        found = sorted(local.rglob(CHECKPOINT_NAME)) or sorted(local.rglob("*.pt"))
+        if not found:
+            raise CheckpointError(f"{path_or_uri}: folder holds no {CHECKPOINT_NAME}; give the checkpoint file or the logged model")
+        local = found[0]
+    return local
+
+
+def load_classifier(
+    path_or_uri: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    tracking_uri: str | None = None,
+) -> Classifier:
+    """Rebuild a classifier from a checkpoint file, a folder holding one, or an MLflow URI.
+
+    The model comes back in ``eval()`` mode. ``pretrained: imagenet`` configs do not need
+    the ImageNet file here: the weights come from the checkpoint.
+    """
+    ckpt = load_checkpoint(_resolve(path_or_uri, tracking_uri), map_location=map_location)
+    model = build_classifier(ckpt["config"], load_pretrained=False)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path_or_uri}: weights do not fit {ckpt['config'].arch}: {exc}") from None
+    return model.to(map_location).eval()

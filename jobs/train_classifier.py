@@ -1,0 +1,351 @@
+"""Train the classifier under Ray Train and record it as one MLflow run.
+
+Run it on its own::
+
+    python -m jobs.train_classifier --config configs/local.yaml --set classifier.epochs=2
+    ray job submit --working-dir . -- python -m jobs.train_classifier --config configs/local.yaml
+
+or in-process from the pipeline: :func:`train_classifier`. The loop itself is
+:func:`augment.classifier.train.fit` (plain PyTorch); this module adds Ray Train
+(``TorchTrainer``, workers and GPUs from ``resources``), a checkpoint after every epoch with
+the full training state so that a failed worker group resumes where it stopped
+(``classifier.max_failures``), and MLflow logging: params and tags by the driver, per-epoch
+metrics by the rank-0 worker (Train V2 rejects Tune's MLflow callback), then the loss curve,
+the per-finding table, the checkpoint file and a logged model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from augment.classifier.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from augment.classifier.metrics import ClassifierMetrics, FindingMetrics
+from augment.classifier.train import EpochRecord, fit, make_loader, make_loss
+from augment.config import ConfigError, RunConfig, load_config
+from augment.data.nih import NIHIndex
+
+log = logging.getLogger("cxr.train_classifier")
+
+__all__ = ["TrainedClassifier", "train_classifier", "train_loop_per_worker", "main"]
+
+STATE_NAME = "train_state.pt"
+
+
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """The outcome of :func:`train_classifier`.
+
+    Attributes:
+        checkpoint_path: ``{state_dict, config, version}`` file in ``out_dir``.
+        history: one record per epoch (train/val loss, gap, macro AUC, lr, time).
+        metrics: validation metrics of the returned weights.
+        run_id: the MLflow run, or None when tracking is off.
+        resumed_from_epoch: epochs restored from a checkpoint after a worker failure (None: no failure).
+        seconds: wall time of ``trainer.fit()`` (Ray start-up excluded).
+    """
+
+    checkpoint_path: Path
+    history: tuple[EpochRecord, ...]
+    metrics: ClassifierMetrics
+    run_id: str | None
+    resumed_from_epoch: int | None
+    seconds: float
+
+
+def _metrics_from_dict(d: dict[str, Any]) -> ClassifierMetrics:
+    return ClassifierMetrics(
+        per_finding=tuple(FindingMetrics(**row) for row in d["per_finding"]),
+        macro_auc=d["macro_auc"],
+        loss=d["loss"],
+        n_images=d["n_images"],
+    )
+
+
+def _mlflow_epoch_logger(tracking_uri: str | None, run_id: str | None):
+    if not (tracking_uri and run_id):
+        return lambda rec: None
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+
+    def log_epoch(rec: EpochRecord) -> None:
+        now = int(time.time() * 1000)
+        values = {
+            "train_loss": rec.train_loss,
+            "val_loss": rec.val_loss,
+            "loss_gap": rec.loss_gap,
+            "val_macro_auc": rec.val_macro_auc,
+            "lr": rec.lr,
+            "epoch_seconds": rec.seconds,
+            "train_images_per_s": rec.train_images_per_s,
+        }
+        metrics = [Metric(k, float(v), now, rec.epoch) for k, v in values.items() if v is not None]
+        try:
+            client.log_batch(run_id, metrics=metrics)
+        except Exception as exc:  # tracking must never kill training
+            log.warning("could not log epoch %d to MLflow: %s", rec.epoch, exc)
+
+    return log_epoch
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: build data and model, resume if a checkpoint exists, run ``fit``."""
+    import ray.train
+    import ray.train.torch
+
+    from augment.classifier.model import build_classifier
+    from jobs.ray_utils import worker_setup
+
+    cfg = RunConfig.model_validate(config["cfg"])
+    ccfg = cfg.classifier
+    worker_setup(cfg.resources.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(ccfg.seed)
+    model = build_classifier(ccfg)
+    train_index: NIHIndex = config["train_index"]
+    train_loader = make_loader(train_index, ccfg, shuffle=True, seed=ccfg.seed)
+    val_loader = make_loader(config["val_index"], ccfg, shuffle=False)
+    if world > 1:
+        train_loader = ray.train.torch.prepare_data_loader(train_loader, move_to_device=False)
+    ddp = ray.train.torch.prepare_model(model, move_to_device=device)
+
+    resume = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = Path(d) / STATE_NAME
+            if state.is_file():
+                resume = torch.load(state, map_location="cpu", weights_only=True)
+    resumed_from = None if resume is None else int(resume["epoch"])
+
+    log_epoch = _mlflow_epoch_logger(config.get("tracking_uri"), config.get("run_id")) if rank == 0 else (lambda r: None)
+    fail_after = config.get("fail_after_epoch")
+    marker = Path(config["out_dir"]) / ".injected-failure"
+
+    def on_epoch(rec: EpochRecord, snapshot) -> None:
+        metrics = {k: v for k, v in asdict(rec).items() if v is not None}
+        log_epoch(rec)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(snapshot(), Path(d) / STATE_NAME)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+        if fail_after is not None and rec.epoch == fail_after and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected worker failure after epoch {rec.epoch} (test of resume)")
+
+    result = fit(
+        ddp,
+        train_loader,
+        val_loader,
+        ccfg,
+        device=device,
+        loss_fn=make_loss(ccfg, train_index.labels_matrix()),
+        on_epoch=on_epoch,
+        resume=resume,
+        eval_model=model,
+    )
+    final = {"final": 1, "val_loss": result.metrics.loss, "resumed_from_epoch": -1 if resumed_from is None else resumed_from}
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(Path(d) / CHECKPOINT_NAME, model, ccfg, extra={"best_epoch": result.best_epoch})
+            (Path(d) / "metrics.json").write_text(json.dumps(result.metrics.to_dict()))
+            (Path(d) / "history.json").write_text(json.dumps([asdict(r) for r in result.history]))
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        ray.train.report(final)
+
+
+def _log_artifacts(out_dir: Path, history: tuple[EpochRecord, ...], metrics: ClassifierMetrics, ckpt: Path) -> None:
+    import mlflow
+
+    from augment.classifier.checkpoint import load_classifier
+    from augment.classifier.report import loss_curve_figure, write_metrics_table
+    from augment.evaluation.plots import save_figure
+    from augment.tracking import metrics_to_mlflow
+
+    save_figure(loss_curve_figure(history), out_dir / "loss_curve.png")
+    csv_path, json_path = write_metrics_table(metrics, out_dir)
+    mlflow.log_artifact(str(out_dir / "loss_curve.png"))
+    mlflow.log_artifact(str(csv_path))
+    mlflow.log_artifact(str(json_path))
+    mlflow.log_artifact(str(ckpt), artifact_path="checkpoint")
+    final = {"final_" + k: v for k, v in metrics.flat("val").items()}
+    final["final_loss_gap"] = history[-1].loss_gap if history else None
+    metrics_to_mlflow(final)
+    model = load_classifier(ckpt)
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "efficientnet-pytorch==0.7.1"],
+        extra_files=[str(ckpt)],
+    )
+
+
+def train_classifier(
+    cfg: RunConfig,
+    train_index: NIHIndex,
+    val_index: NIHIndex,
+    out_dir: str | os.PathLike,
+    parent_run_id: str | None = None,
+    *,
+    storage_path: str | None = None,
+    fail_after_epoch: int | None = None,
+) -> TrainedClassifier:
+    """Train the classifier on ``train_index`` with Ray Train, validate on ``val_index``.
+
+    Starts a local Ray (``resources.num_cpus``) unless Ray is running or ``RAY_ADDRESS`` names a
+    cluster. Writes ``classifier.pt``, ``history.json``, ``loss_curve.png`` and
+    ``per_finding.{csv,json}`` to ``out_dir``; with tracking on, the same go to one MLflow run
+    (a child of ``parent_run_id`` when given).
+
+    Args:
+        cfg: the run profile (``classifier``, ``resources``, ``tracking``).
+        train_index, val_index: the splits (e.g. from :func:`augment.data.prepare_data`).
+        out_dir: local folder for the outputs.
+        parent_run_id: the pipeline's MLflow run.
+        storage_path: Ray Train's storage for checkpoints (a shared path or URI on a
+            cluster); default ``out_dir/ray``.
+        fail_after_epoch: tests only: the workers fail once after this epoch.
+
+    Raises:
+        ValueError: an empty split.
+        ray.train.TrainingFailedError: training failed more than ``classifier.max_failures`` times.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from augment import tracking
+    from jobs.ray_utils import ray_session
+
+    if len(train_index) == 0 or len(val_index) == 0:
+        raise ValueError(f"train ({len(train_index)}) and validation ({len(val_index)}) sets must not be empty")
+    # Ray workers run in their own working folder: relative data roots must not reach them.
+    train_index = replace(train_index, root=Path(train_index.root).resolve())
+    val_index = replace(val_index, root=Path(val_index.root).resolve())
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage_path or str(out / "ray")
+    if cfg.tracking.enabled:
+        run_ctx = tracking.start_run(
+            cfg, "classifier", parent_run_id, data_fingerprint=train_index.fingerprint(),
+            tags={"cxr.train_images": str(len(train_index)), "cxr.val_images": str(len(val_index))},
+        )
+    else:
+        run_ctx = contextlib.nullcontext(None)
+    with run_ctx as run:
+        import mlflow
+
+        run_id = run.info.run_id if run is not None else None
+        tracking_uri = mlflow.get_tracking_uri() if run is not None else None
+        res = cfg.resources
+        scaling = ray.train.ScalingConfig(
+            num_workers=res.num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
+        )
+        run_config = ray.train.RunConfig(
+            name=f"classifier-{cfg.fingerprint('classifier')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.classifier.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        )
+        loop_config = {
+            "cfg": cfg.model_dump(mode="json"),
+            "train_index": train_index,
+            "val_index": val_index,
+            "tracking_uri": tracking_uri,
+            "run_id": run_id,
+            "out_dir": str(out),
+            "fail_after_epoch": fail_after_epoch,
+        }
+        with ray_session(cfg):
+            trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
+            t0 = time.perf_counter()
+            result = trainer.fit()
+            seconds = time.perf_counter() - t0
+        if result.checkpoint is None:
+            raise RuntimeError(f"Ray Train finished without a checkpoint (error: {result.error}); see the worker logs")
+        with result.checkpoint.as_directory() as d:
+            d = Path(d)
+            if not (d / CHECKPOINT_NAME).is_file():
+                raise RuntimeError(f"the last Ray checkpoint {d} holds no {CHECKPOINT_NAME}: training did not finish")
+            tmp = out / f".{CHECKPOINT_NAME}.tmp"
+            shutil.copyfile(d / CHECKPOINT_NAME, tmp)
+            os.replace(tmp, out / CHECKPOINT_NAME)
+            metrics = _metrics_from_dict(json.loads((d / "metrics.json").read_text()))
+            history = tuple(EpochRecord(**r) for r in json.loads((d / "history.json").read_text()))
+        (out / "history.json").write_text(json.dumps([asdict(r) for r in history], indent=2))
+        resumed = int(result.metrics.get("resumed_from_epoch", -1))
+        if run is not None:
+            tracking.metrics_to_mlflow({"fit_seconds": seconds, "resumed_from_epoch": resumed})
+            _log_artifacts(out, history, metrics, out / CHECKPOINT_NAME)
+        else:
+            from augment.classifier.report import loss_curve_figure, write_metrics_table
+            from augment.evaluation.plots import save_figure
+
+            save_figure(loss_curve_figure(history), out / "loss_curve.png")
+            write_metrics_table(metrics, out)
+    return TrainedClassifier(out / CHECKPOINT_NAME, history, metrics, run_id, None if resumed < 0 else resumed, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train_classifier", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="run profile (configs/*.yaml); default: built-in defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set classifier.epochs=2 (repeatable)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri)")
+    parser.add_argument("--parent-run-id", default=None, help="make the MLflow run a child of this run")
+    parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/classifier)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from augment.data import DataError, prepare_data
+
+    try:
+        _, split = prepare_data(cfg)
+    except (DataError, ValueError) as exc:
+        print(f"data: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / "classifier"
+    trained = train_classifier(cfg, split.train, split.val, out, args.parent_run_id)
+    summary = {
+        "checkpoint": str(trained.checkpoint_path),
+        "mlflow_run_id": trained.run_id,
+        "epochs": len(trained.history),
+        "val_loss": trained.metrics.loss,
+        "val_macro_auc": trained.metrics.macro_auc,
+        "missing_findings": list(trained.metrics.missing_findings),
+        "loss_gap": trained.history[-1].loss_gap if trained.history else None,
+        "fit_seconds": round(trained.seconds, 1),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
