@@ -1,0 +1,449 @@
+"""Train the flow-matching inpainter under Ray Train and record it as one MLflow run.
+
+Run it on its own::
+
+    python -m jobs.train_generator --config configs/local.yaml --set inpainting.train_steps=20
+    ray job submit --working-dir . -- python -m jobs.train_generator --config configs/local.yaml
+
+or in-process from the pipeline: :func:`train_generator`. The loop is
+:func:`augment.inpainting.train.fit_generator` (plain PyTorch); this module adds Ray Train
+(``TorchTrainer``; workers and GPUs from ``resources``), the full training state saved every
+``inpainting.sample_every`` steps (to Ray's checkpoint, and to ``out_dir`` so that running
+the job again resumes where it stopped), and MLflow: params and tags by the driver, the
+loss per step and a grid of (healthy input, mask, output) every ``sample_every`` steps by
+the rank-0 worker, then the loss curve, the checkpoint and a logged model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from augment.config import ConfigError, InpaintingConfig, RunConfig, load_config
+from augment.data.nih import NIHIndex
+
+log = logging.getLogger("cxr.train_generator")
+
+__all__ = ["TrainedGenerator", "train_generator", "train_loop_per_worker", "default_mask_fn", "sample_grid", "main"]
+
+CHECKPOINT_NAME = "generator.pt"
+STATE_NAME = "generator_state.pt"
+# Settings that shape the network: a saved state is only resumed when they match.
+_ARCH_KEYS = ("crop_size", "block_out_channels", "layers_per_block", "mid_attention")
+
+
+@dataclass(frozen=True)
+class TrainedGenerator:
+    """The outcome of :func:`train_generator`.
+
+    Attributes:
+        checkpoint_path: ``{state_dict (EMA), config, version}`` in ``out_dir``.
+        run_id: the MLflow run, or None when tracking is off.
+        losses: the loss of every step since step 1 (resumed steps included).
+        resumed_from_step: the step training resumed at (None: started fresh).
+        seconds: wall time of ``trainer.fit()`` (Ray start-up excluded).
+    """
+
+    checkpoint_path: Path
+    run_id: str | None
+    losses: tuple[float, ...]
+    resumed_from_step: int | None
+    seconds: float
+
+
+def _arch(icfg: InpaintingConfig) -> dict[str, Any]:
+    d = icfg.model_dump(mode="json")
+    return {k: d[k] for k in _ARCH_KEYS}
+
+
+def default_mask_fn(cfg: RunConfig, index: NIHIndex):
+    """Where findings live in training images: phantom ground truth, else NIH boxes, else none."""
+    from augment.inpainting.train import attention_mask_fn, phantom_mask_fn
+
+    if cfg.data.source == "phantom" or (Path(index.root) / "masks").is_dir():
+        return phantom_mask_fn(index.root)
+    if index.bboxes:
+        from augment.attention import BBoxSource
+
+        a = cfg.attention
+        return attention_mask_fn(BBoxSource(index), a.threshold, a.min_area, a.max_area)
+    log.warning("no phantom masks and no NIH boxes under %s: pass mask_fn (e.g. Grad-CAM masks) to paint findings", index.root)
+    return lambda rec, image, finding: None
+
+
+def sample_grid(model: torch.nn.Module, data: Any, icfg: InpaintingConfig, n: int = 4, seed: int = 0, title: str = ""):
+    """A figure of n rows (healthy input, mask, output) on fixed inputs (same ``seed`` each time)."""
+    from augment.evaluation.plots import image_grid
+    from augment.findings import FINDINGS
+    from augment.inpainting.sampler import inpaint
+    from augment.inpainting.train import preview_inputs
+
+    images, masks, findings = preview_inputs(data, n, torch.Generator().manual_seed(seed))
+    res = inpaint(model, images, masks, findings, icfg, torch.Generator().manual_seed(seed))
+    cells, titles, overlays = [], [], []
+    for i in range(n):
+        names = "+".join(FINDINGS[j] for j in torch.nonzero(findings[i]).flatten()) or "healthy"
+        cells += [images[i], images[i], res.images[i]]
+        overlays += [None, masks[i], None]
+        titles += [f"{title} input", f"mask: {names}"[:30], "output"]
+    return image_grid(cells, titles, ncols=3, overlays=overlays)
+
+
+def _load_state(config: dict[str, Any]) -> dict[str, Any] | None:
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            p = Path(d) / STATE_NAME
+            if p.is_file():
+                return torch.load(p, map_location="cpu", weights_only=False)
+    p = Path(config["out_dir"]) / STATE_NAME
+    if p.is_file():
+        state = torch.load(p, map_location="cpu", weights_only=False)
+        if state.get("arch") == config["arch"]:
+            return state
+        log.warning("%s was trained with another network (%s); starting afresh", p, state.get("arch"))
+    return None
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: data and model, resume from the last state, ``fit_generator``, report."""
+    import ray.train
+    import ray.train.torch
+
+    from augment.inpainting.model import build_model, ema_copy, make_ema, save_checkpoint
+    from augment.inpainting.train import build_training_set, fit_generator, make_optimizer
+    from jobs.ray_utils import worker_setup
+
+    cfg = RunConfig.model_validate(config["cfg"])
+    icfg = cfg.inpainting
+    worker_setup(cfg.resources.torch_threads)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.resources.use_gpu else torch.device("cpu")
+    out = Path(config["out_dir"])
+
+    data = build_training_set(config["train_index"], cfg.data.image_size, mask_fn=config["mask_fn"])
+    if rank == 0:
+        log.info("generator training set: %s", data.summary())
+    torch.manual_seed(icfg.seed)
+    model = build_model(icfg).to(device)
+    optimizer = make_optimizer(model, icfg)
+    ema = make_ema(model, icfg.ema_decay)
+    ema.to(device=device)
+    gen = torch.Generator().manual_seed(icfg.seed + 1000 * rank)
+    losses: list[float] = []
+    start = 0
+    state = _load_state(config)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        gen.set_state(state["generator"][rank] if rank < len(state["generator"]) else gen.get_state())
+        losses = list(state["losses"])
+        start = int(state["step"])
+        if rank == 0:
+            log.info("resuming generator training at step %d of %d", start, icfg.train_steps)
+    ddp = ray.train.torch.prepare_model(model, move_to_device=device) if world > 1 else model
+
+    client = None
+    if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=config["tracking_uri"])
+    pending: list[Any] = []
+
+    def flush() -> None:
+        if client is None or not pending:
+            pending.clear()
+            return
+        try:
+            client.log_batch(config["run_id"], metrics=list(pending))
+        except Exception as exc:  # tracking must never kill training
+            log.warning("could not log generator losses to MLflow: %s", exc)
+        pending.clear()
+
+    def snapshot(step: int) -> dict[str, Any]:
+        gens = [gen.get_state()]
+        return {
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict(),
+            "generator": gens,
+            "losses": list(losses),
+            "step": step,
+            "arch": config["arch"],
+        }
+
+    def grid(step: int) -> None:
+        from augment.evaluation.plots import save_figure
+
+        path = out / "samples" / f"step_{step:06d}.png"
+        save_figure(sample_grid(ema_copy(model, ema), data, icfg, title=f"step {step}"), path)
+        if client is not None:
+            try:
+                client.log_artifact(config["run_id"], str(path), artifact_path="samples")
+            except Exception as exc:
+                log.warning("could not log sample grid to MLflow: %s", exc)
+
+    fail_after = config.get("fail_after_step")
+    marker = out / ".injected-failure"
+    total = icfg.train_steps
+
+    def on_step(step: int, loss: float) -> None:
+        from mlflow.entities import Metric
+
+        losses.append(loss)
+        pending.append(Metric("loss", float(loss), int(time.time() * 1000), step))
+        if len(pending) >= 25:
+            flush()
+        if step % icfg.sample_every == 0 and step < total:
+            flush()
+            metrics = {"step": step, "loss": loss}
+            if rank == 0:
+                state = snapshot(step)
+                _atomic_save(state, out / STATE_NAME)
+                grid(step)
+                with tempfile.TemporaryDirectory() as d:
+                    torch.save(state, Path(d) / STATE_NAME)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+        if fail_after is not None and step == fail_after and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected worker failure after step {step} (test of resume)")
+
+    fit_generator(ddp, data, icfg, steps=max(total - start, 0), generator=gen, optimizer=optimizer, ema=ema,
+                  start_step=start, callback=on_step, progress=rank == 0)
+    flush()
+    final = {"step": max(total, start), "final": 1, "resumed_from_step": -1 if state is None else start}
+    if rank == 0:
+        st = snapshot(max(total, start))
+        _atomic_save(st, out / STATE_NAME)
+        grid(max(total, start))
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(Path(d) / CHECKPOINT_NAME, ema_copy(model, ema), icfg,
+                            extra={"step": max(total, start), "data": data.summary()})
+            (Path(d) / "losses.json").write_text(json.dumps(losses))
+            torch.save(st, Path(d) / STATE_NAME)
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        ray.train.report(final)
+
+
+def _loss_figure(losses: list[float]):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    y = np.asarray(losses, dtype=float)
+    ax.plot(np.arange(1, len(y) + 1), y, lw=0.6, alpha=0.4, label="loss")
+    if len(y) >= 10:
+        k = max(len(y) // 50, 5)
+        ax.plot(np.arange(k, len(y) + 1), np.convolve(y, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mask-weighted flow-matching loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _log_artifacts(out: Path, losses: list[float], ckpt: Path) -> None:
+    import mlflow
+
+    from augment.evaluation.plots import save_figure
+    from augment.inpainting.model import load_generator
+    from augment.tracking import metrics_to_mlflow
+
+    save_figure(_loss_figure(losses), out / "loss_curve.png")
+    mlflow.log_artifact(str(out / "loss_curve.png"))
+    mlflow.log_artifact(str(ckpt), artifact_path="checkpoint")
+    tail = losses[-max(len(losses) // 10, 1):] if losses else []
+    metrics_to_mlflow({"final_loss": (sum(tail) / len(tail)) if tail else None, "steps": len(losses)})
+    import diffusers
+
+    mlflow.pytorch.log_model(
+        load_generator(ckpt),
+        name="model",
+        serialization_format="pickle",
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"diffusers=={diffusers.__version__}"],
+        extra_files=[str(ckpt)],
+    )
+
+
+def train_generator(
+    cfg: RunConfig,
+    train_index: NIHIndex,
+    out_dir: str | os.PathLike,
+    parent_run_id: str | None = None,
+    *,
+    mask_fn: Any | None = None,
+    storage_path: str | None = None,
+    fail_after_step: int | None = None,
+) -> TrainedGenerator:
+    """Train the inpainter on ``train_index`` with Ray Train; resume from ``out_dir`` when a state is there.
+
+    Starts a local Ray (``resources.num_cpus``) unless Ray is running or ``RAY_ADDRESS``
+    names a cluster. Writes ``generator.pt``, ``generator_state.pt`` (to resume),
+    ``losses.json``, ``loss_curve.png`` and ``samples/step_*.png`` to ``out_dir``; with
+    tracking on, the same go to one MLflow run (a child of ``parent_run_id`` when given).
+
+    Args:
+        cfg: the run profile (``inpainting``, ``data.image_size``, ``resources``, ``tracking``).
+        train_index: the training split (never validation or test images).
+        out_dir: local folder (a shared volume on a cluster).
+        parent_run_id: the pipeline's MLflow run.
+        mask_fn: where findings live (see :data:`augment.inpainting.train.MaskFn`); default
+            :func:`default_mask_fn` (phantom ground truth, else NIH boxes).
+        storage_path: Ray Train's storage; default ``out_dir/ray``.
+        fail_after_step: tests only: the worker fails once after this step.
+
+    Raises:
+        ValueError: an empty training index.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from augment import tracking
+    from jobs.ray_utils import ray_session
+
+    if len(train_index) == 0:
+        raise ValueError("the training index is empty; pass the train split of prepare_data(cfg)")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage = storage_path or str(out / "ray")
+    # Ray Train workers run in another working directory: give them absolute paths.
+    train_index = dataclasses.replace(train_index, root=Path(train_index.root).resolve())
+    mask_fn = mask_fn or default_mask_fn(cfg, train_index)
+    prev = out / STATE_NAME
+    if cfg.tracking.enabled:
+        run_ctx = tracking.start_run(
+            cfg, "generator", parent_run_id, data_fingerprint=train_index.fingerprint(),
+            tags={"cxr.train_images": str(len(train_index)), "cxr.resume_state": str(prev.is_file())},
+        )
+    else:
+        run_ctx = contextlib.nullcontext(None)
+    with run_ctx as run:
+        import mlflow
+
+        run_id = run.info.run_id if run is not None else None
+        res = cfg.resources
+        scaling = ray.train.ScalingConfig(
+            num_workers=res.num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
+        )
+        run_config = ray.train.RunConfig(
+            name=f"generator-{cfg.fingerprint('inpainting')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        )
+        loop_config = {
+            "cfg": cfg.model_dump(mode="json"),
+            "train_index": train_index,
+            "mask_fn": mask_fn,
+            "tracking_uri": mlflow.get_tracking_uri() if run is not None else None,
+            "run_id": run_id,
+            "out_dir": str(out),
+            "arch": _arch(cfg.inpainting),
+            "fail_after_step": fail_after_step,
+        }
+        with ray_session(cfg):
+            trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
+            t0 = time.perf_counter()
+            result = trainer.fit()
+            seconds = time.perf_counter() - t0
+        if result.checkpoint is None:
+            raise RuntimeError(f"Ray Train finished without a checkpoint (error: {result.error}); see the worker logs")
+        with result.checkpoint.as_directory() as d:
+            d = Path(d)
+            if not (d / CHECKPOINT_NAME).is_file():
+                raise RuntimeError(f"the last Ray checkpoint {d} holds no {CHECKPOINT_NAME}: training did not finish")
+            tmp = out / f".{CHECKPOINT_NAME}.tmp"
+            shutil.copyfile(d / CHECKPOINT_NAME, tmp)
+            os.replace(tmp, out / CHECKPOINT_NAME)
+            losses = json.loads((d / "losses.json").read_text())
+        (out / "losses.json").write_text(json.dumps(losses))
+        resumed = int(result.metrics.get("resumed_from_step", -1))
+        if run is not None:
+            tracking.metrics_to_mlflow({"fit_seconds": seconds, "resumed_from_step": resumed})
+            _log_artifacts(out, losses, out / CHECKPOINT_NAME)
+        else:
+            from augment.evaluation.plots import save_figure
+
+            save_figure(_loss_figure(losses), out / "loss_curve.png")
+    return TrainedGenerator(out / CHECKPOINT_NAME, run_id, tuple(losses), None if resumed < 0 else resumed, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train_generator", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="run profile (configs/*.yaml); default: built-in defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key, e.g. --set inpainting.train_steps=20 (repeatable)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri)")
+    parser.add_argument("--parent-run-id", default=None, help="make the MLflow run a child of this run")
+    parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/generator)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    from augment.data import DataError, prepare_data
+
+    try:
+        _, split = prepare_data(cfg)
+    except (DataError, ValueError) as exc:
+        print(f"data: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / "generator"
+    trained = train_generator(cfg, split.train, out, args.parent_run_id)
+    tail = trained.losses[-max(len(trained.losses) // 10, 1):] if trained.losses else []
+    summary = {
+        "checkpoint": str(trained.checkpoint_path),
+        "mlflow_run_id": trained.run_id,
+        "steps": len(trained.losses),
+        "first_loss": trained.losses[0] if trained.losses else None,
+        "final_loss": (sum(tail) / len(tail)) if tail else None,
+        "resumed_from_step": trained.resumed_from_step,
+        "fit_seconds": round(trained.seconds, 1),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
