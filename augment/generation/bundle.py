@@ -1,0 +1,204 @@
+"""What generation needs loaded: the classifier, the inpainting network and the reference bank.
+
+:func:`load_bundle` rebuilds both models from checkpoints ``{state_dict, config, version}``
+given as a file, a folder holding one, or an MLflow URI (``runs:/<id>/model``,
+``models:/<name>/<version>``), and reads the diseased references of every finding found in
+an NIH-layout folder, with their attention maps. The Serve deployment and the jobs call it
+the same way; nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from augment.config import RunConfig
+from augment.findings import FINDINGS
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ModelBundle", "ModelSpec", "load_bundle", "resolve_checkpoint", "default_locations", "pick_device"]
+
+GENERATOR_NAME = "generator.pt"
+_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "http://", "https://")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the models come from (what ``serve.*`` or a deployment's ``user_config`` names)."""
+
+    classifier: str
+    generator: str
+    references: str
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """Everything one generation call needs, on one device.
+
+    Attributes:
+        classifier: the EfficientNet classifier, eval mode.
+        generator: the inpainting velocity network (:class:`~augment.inpainting.model.VelocityNet`), eval mode.
+        references: the :class:`~augment.augmentation.references.ReferenceBank` (images and
+            maps at ``work_size``, on the CPU).
+        spec: the locations the models were loaded from.
+        work_size: side length at which references are read and registration runs.
+        device: where the models live.
+        info: JSON-ready description (checkpoint configs, load time), for ``/v1/models``.
+    """
+
+    classifier: torch.nn.Module
+    generator: torch.nn.Module
+    references: Any
+    spec: ModelSpec
+    work_size: int
+    device: torch.device
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def available_findings(self) -> list[str]:
+        """Findings the bank holds references for, in NIH order."""
+        have = set(self.references.findings())
+        return [f for f in FINDINGS if f in have]
+
+
+def pick_device(use_gpu: bool) -> torch.device:
+    """CUDA when the profile asks for a GPU and one is visible, else CPU."""
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def default_locations(cfg: RunConfig) -> ModelSpec:
+    """The profile's model locations: ``serve.*``, else where the pipeline writes them."""
+    from augment.data import data_root
+
+    out = Path(cfg.output_dir)
+    return ModelSpec(
+        classifier=cfg.serve.classifier or str(out / "classifier" / "classifier.pt"),
+        generator=cfg.serve.generator or str(out / "generator" / GENERATOR_NAME),
+        references=cfg.serve.references or str(data_root(cfg)),
+    )
+
+
+def resolve_checkpoint(path_or_uri: str | os.PathLike, names: tuple[str, ...], tracking_uri: str | None = None) -> Path:
+    """A local checkpoint file for a path, a folder, or an MLflow artifact URI.
+
+    Args:
+        path_or_uri: a ``.pt`` file, a folder holding one (searched recursively for
+            ``names`` first, then any ``*.pt``), ``file://...``, or an MLflow URI.
+        names: preferred file names inside a folder.
+        tracking_uri: the MLflow tracking server for ``runs:/`` and ``models:/`` URIs.
+
+    Raises:
+        ValueError: the download failed or no checkpoint is there; the message says which.
+    """
+    text = str(path_or_uri)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if text.startswith(_URI_SCHEMES):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except Exception as exc:  # MlflowException, network errors
+            raise ValueError(f"{text}: cannot download from MLflow ({exc}); check the URI and tracking.uri") from None
+    else:
+        local = Path(text)
+    if local.is_dir():
+        found = [p for n in names for p in sorted(local.rglob(n))] or sorted(local.rglob("*.pt"))
+        if not found:
+            raise ValueError(f"{path_or_uri}: the folder holds no {' or '.join(names)} nor any *.pt checkpoint")
+        local = found[0]
+    if not local.is_file():
+        raise ValueError(f"{path_or_uri}: checkpoint not found; train it with the pipeline or set the serve.* location")
+    return local
+
+
+def _reference_bank(root: Path, cfg: RunConfig, classifier: torch.nn.Module, size: int, per_finding: int) -> Any:
+    """Diseased references of every finding that ``root`` holds, with their attention maps."""
+    from augment.attention import build_attention_source
+    from augment.augmentation.references import ReferenceBank, build_reference_bank
+    from augment.data.nih import load_index
+
+    index = load_index(root, on_bad_row="skip")
+    source = build_attention_source(cfg.attention, classifier=classifier, index=index, root=root)
+    present = [f for f in FINDINGS if index.with_finding(f)]
+    ids: dict[str, list[str]] = {}
+    labels: dict[str, list[str]] = {}
+    images: dict[str, torch.Tensor] = {}
+    maps: dict[str, torch.Tensor] = {}
+    for f in present:
+        try:
+            one = build_reference_bank(index, [f], size, source, per_finding=per_finding, seed=cfg.seed)
+        except ValueError as exc:  # e.g. every map empty: that finding is not offered
+            log.warning("no usable %s reference in %s: %s", f, root, exc)
+            continue
+        ids.update(one.ids)
+        labels.update(one.labels)
+        images.update(one.images)
+        maps.update(one.maps)
+    if not ids:
+        raise ValueError(
+            f"{root} holds no diseased image with a usable {cfg.attention.source} attention map; "
+            "point serve.references at an NIH-layout folder with diseased images"
+        )
+    return ReferenceBank(ids, labels, images, maps)
+
+
+def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.device | str | None = None) -> ModelBundle:
+    """Load the classifier, the generator and the reference bank.
+
+    Args:
+        cfg: the run profile (``data.image_size`` is the working size; ``attention`` picks
+            the reference maps; ``tracking.uri`` resolves MLflow URIs).
+        spec: model locations; default :func:`default_locations`.
+        device: default :func:`pick_device` of ``resources.use_gpu``.
+
+    Raises:
+        ValueError: a checkpoint or the reference folder is missing or unusable.
+    """
+    from augment.classifier import load_classifier
+    from augment.inpainting.model import load_generator
+
+    spec = spec or default_locations(cfg)
+    dev = torch.device(device) if device is not None else pick_device(cfg.resources.use_gpu)
+    t0 = time.perf_counter()
+    classifier = load_classifier(spec.classifier, map_location=dev, tracking_uri=cfg.tracking.uri)
+    gen_path = resolve_checkpoint(spec.generator, (GENERATOR_NAME,), cfg.tracking.uri)
+    generator = load_generator(gen_path, map_location=dev)
+    root = Path(str(spec.references).removeprefix("file://"))
+    if not root.is_dir():
+        raise ValueError(f"reference folder {root} does not exist; set serve.references to an NIH-layout folder")
+    size = cfg.data.image_size
+    bank = _reference_bank(root, cfg, classifier, size, cfg.serve.references_per_finding)
+    info = {
+        "device": str(dev),
+        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_seconds": round(time.perf_counter() - t0, 3),
+        "classifier": {
+            "uri": spec.classifier,
+            "arch": getattr(classifier, "arch", type(classifier).__name__),
+            "image_size": getattr(classifier, "image_size", None),
+            "parameters": sum(p.numel() for p in classifier.parameters()),
+        },
+        "generator": {
+            "uri": spec.generator,
+            "path": str(gen_path),
+            "config": generator.cfg.model_dump(mode="json") if hasattr(generator, "cfg") else None,
+            "parameters": sum(p.numel() for p in generator.parameters()),
+        },
+        "references": {
+            "root": str(root),
+            "work_size": size,
+            "attention": cfg.attention.source,
+            "per_finding": {f: len(v) for f, v in bank.ids.items()},
+        },
+    }
+    return ModelBundle(classifier, generator, bank, spec, size, dev, info)

@@ -1,0 +1,384 @@
+"""The Ray Serve application: a FastAPI ``Ingress`` composed with the ``Generator`` deployment.
+
+``services.app:app`` is the import path of ``configs/serve.yaml``, of ``serve deploy`` and
+of the KubeRay RayService. It is an application builder::
+
+    serve run configs/serve.yaml                                  # args from the file
+    serve run services.app:app config=configs/local.yaml          # args on the command line
+
+``args``: ``config`` (a run profile, validated by :mod:`augment.config`) and optionally
+``overrides`` (a list of ``KEY=VALUE`` like the jobs' ``--set``). The profile decides the
+replicas' resources (``resources.cpus_per_actor``; a GPU when ``resources.use_gpu``), the
+models (``serve.classifier``, ``serve.generator``: paths or MLflow URIs), the references,
+limits, batching and the API token (see :mod:`services.auth`).
+
+Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``): ``POST /v1/generate``,
+``POST /v1/inpaint``, ``POST /v1/register``, ``GET /v1/findings``, ``GET /v1/models``,
+``GET /healthz`` (no token) and a page at ``/``. Ray Serve's metrics (and ``cxr_*``
+application metrics) are exported on each Ray node's metrics port.
+"""
+
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from augment import __version__
+from augment.config import RunConfig, load_config
+from augment.data.io import encode_png
+from augment.findings import ALIASES, FINDINGS
+from services.auth import TokenSource, bearer_scheme, check_bearer
+from services.deployments import USER_CONFIG_KEYS, Generator
+from services.errors import ERROR_RESPONSES, ApiError, from_payload, install_error_handlers
+from services.page import PAGE
+from services.schemas import (
+    FindingInfo,
+    FindingsResponse,
+    GenerateResponse,
+    Health,
+    InpaintBody,
+    InpaintResponse,
+    RegisterBody,
+    RegisterResponse,
+)
+from services.uploads import RAW_IMAGE_TYPES, BodyLimitMiddleware, decode_b64, decode_upload, png_b64, read_body
+
+__all__ = ["app", "api", "Ingress", "Generator", "build_app", "INGRESS_CPUS"]
+
+REPO = Path(__file__).resolve().parents[1]
+INGRESS_CPUS = 0.25
+"""CPU reserved per Ingress replica: it only checks, decodes and encodes images."""
+
+_PNG_200 = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "JSON, or PNG bytes with format=png / Accept: image/png"}
+_RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the healthy radiograph: an 8- or 16-bit grayscale PNG file as the raw body",
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_IMAGE_TYPES},
+    }
+}
+
+
+class _State:
+    """Per-replica settings the module-level FastAPI pieces read (set by ``Ingress.__init__``)."""
+
+    cfg: RunConfig = RunConfig()
+    tokens: TokenSource | None = None
+    body_limit: int = 4 * RunConfig().serve.max_upload_bytes + 65536
+
+
+api = FastAPI(
+    title="cxr-augment",
+    version=__version__,
+    description=(
+        "Synthetic chest radiographs of under-represented findings: Demons registration of a diseased "
+        "reference onto a healthy radiograph, flow-matching inpainting of the carried region, and a "
+        "classifier gate. Every endpoint but /healthz needs 'Authorization: Bearer <token>'."
+    ),
+)
+install_error_handlers(api, retry_after_s=RunConfig().serve.retry_after_s)
+
+
+api.add_middleware(BodyLimitMiddleware, limit=lambda: _State.body_limit)
+
+
+def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> None:
+    """FastAPI dependency: 401 unless the bearer token matches."""
+    if _State.tokens is None:
+        raise ApiError(503, "not_ready", "the service is starting", headers={"Retry-After": "2"})
+    check_bearer(_State.tokens, credentials)
+
+
+def _want_png(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        return fmt == "png"
+    accept = request.headers.get("accept", "")
+    return "image/png" in accept and "application/json" not in accept
+
+
+def _findings(names: list[str]) -> list[str]:
+    """Split ``a,b`` and canonicalise; 422 listing the known findings for an unknown one."""
+    out: list[str] = []
+    for raw in names:
+        for n in (p.strip() for p in raw.split(",")):
+            if not n:
+                continue
+            canon = ALIASES.get(n, n)
+            if canon not in FINDINGS:
+                raise ApiError(422, "unknown_finding", f"unknown finding {n!r}; use NIH's spelling", known=list(FINDINGS))
+            if canon not in out:
+                out.append(canon)
+    if not out:
+        raise ApiError(422, "unknown_finding", "name at least one finding", known=list(FINDINGS))
+    return out
+
+
+def _bits_header(bits: int) -> int:
+    return 16 if bits == 16 else 8
+
+
+@serve.deployment(
+    name="Ingress",
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+    backpressure_config={"status_code": 503, "retry_after_s": 2},
+)
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: checks the token and the input, calls the ``Generator``, encodes the answer."""
+
+    def __init__(self, generator: DeploymentHandle, profile: dict[str, Any]) -> None:
+        cfg = RunConfig.model_validate(profile)
+        _State.cfg = cfg
+        _State.tokens = TokenSource(cfg.serve.token_file, cfg.serve.require_token)
+        _State.body_limit = 4 * cfg.serve.max_upload_bytes + 65536
+        self.generator = generator
+        self.cfg = cfg
+
+    async def _call(self, method: str, payload: Any = None) -> dict[str, Any]:
+        """Call the Generator; overload -> 503 with Retry-After; an error dict -> its ApiError."""
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        retry = {"Retry-After": str(self.cfg.serve.retry_after_s)}
+        try:
+            handle = getattr(self.generator, method)
+            out = await (handle.remote(payload) if payload is not None else handle.remote())
+        except BackPressureError:
+            raise ApiError(503, "overloaded", "the generator's queue is full; retry after Retry-After seconds", headers=retry) from None
+        except DeploymentUnavailableError:
+            raise ApiError(503, "unavailable", "the generator is not available; retry later", headers=retry) from None
+        if isinstance(out, dict) and "error" in out:
+            raise from_payload(out)
+        return out
+
+    # ------------------------------------------------------------------ open endpoints
+
+    @api.get("/healthz", response_model=Health, tags=["health"], summary="Liveness (no token needed)")
+    async def healthz(self) -> Health:
+        return Health(status="ok", version=__version__)
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE)
+
+    # ------------------------------------------------------------------ catalogue
+
+    @api.get("/v1/findings", response_model=FindingsResponse, tags=["catalogue"], dependencies=[Depends(require_token)],
+             responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]}, summary="Findings and their references")
+    async def findings(self) -> FindingsResponse:
+        info = await self._call("info")
+        counts = info.get("references", {}).get("per_finding", {})
+        return FindingsResponse(
+            findings=[FindingInfo(name=f, available=f in counts, references=int(counts.get(f, 0))) for f in FINDINGS],
+            available=list(info.get("available_findings", [])),
+        )
+
+    @api.get("/v1/models", tags=["catalogue"], dependencies=[Depends(require_token)],
+             responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]}, summary="Loaded models and settings")
+    async def models(self) -> dict[str, Any]:
+        return await self._call("info")
+
+    # ------------------------------------------------------------------ generate
+
+    @api.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        tags=["generation"],
+        dependencies=[Depends(require_token)],
+        responses={200: _PNG_200, **ERROR_RESPONSES},
+        openapi_extra=_RAW_BODY,
+        summary="Paint findings into a healthy radiograph",
+    )
+    async def generate(
+        self,
+        request: Request,
+        finding: list[str] = Query(..., min_length=1, description="target finding(s), NIH spelling; repeat or comma-separate"),
+        n: int = Query(1, ge=1, le=64, description="number of samples (limit serve.max_samples)"),
+        steps: int | None = Query(None, ge=1, le=1000, description="ODE steps (default inpainting.steps; limit serve.max_steps)"),
+        guidance: float | None = Query(None, ge=0.0, le=20.0, description="classifier-free guidance weight"),
+        seed: int | None = Query(None, ge=0, le=2**31 - 1, description="seed of sample 0 (random when absent; returned)"),
+        format: Literal["json", "png"] | None = Query(None, description="json (default) or png; else from the Accept header"),
+        part: Literal["image", "mask"] = Query("image", description="with format=png: the synthetic image or its mask"),
+    ) -> Any:
+        s = self.cfg.serve
+        names = _findings(finding)
+        if len(names) > s.max_findings:
+            raise ApiError(422, "too_many_findings", f"{len(names)} findings asked; at most {s.max_findings} per request")
+        if n > s.max_samples:
+            raise ApiError(422, "too_many_samples", f"n={n}; at most {s.max_samples} samples per request (serve.max_samples)")
+        if steps is not None and steps > s.max_steps:
+            raise ApiError(422, "too_many_steps", f"steps={steps}; at most {s.max_steps} (serve.max_steps)")
+        png = _want_png(request, format)
+        if png and n > 1:
+            raise ApiError(422, "png_single_sample", "format=png returns one image: use n=1, or format=json for several samples")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype.startswith(("text/", "multipart/")) or ctype.endswith("json"):
+            # Any other type (none, image/png, application/octet-stream, curl's default
+            # x-www-form-urlencoded) is read as the file itself and judged by its bytes.
+            raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype!r}: send the PNG file as the raw body (image/png)")
+        upload = decode_upload(await read_body(request, s.max_upload_bytes), "image", s)
+        seed = secrets.randbelow(2**31) if seed is None else seed
+        out = await self._call(
+            "generate",
+            {"image": upload.pixels, "findings": names, "seed": seed, "n_samples": n, "steps": steps, "guidance": guidance},
+        )
+        h, w = upload.shape
+        bits = _bits_header(upload.bits)
+        if png:
+            smp = out["samples"][0]
+            ref = smp["references"]
+            headers = {
+                "X-CXR-Seed": str(smp["seed"]),
+                "X-CXR-Accepted": str(bool(smp["accepted"])).lower(),
+                "X-CXR-Findings": ",".join(out["findings"]),
+                "X-CXR-References": ",".join(f"{r['finding']}={r['image_index']}" for r in ref),
+                "X-CXR-Proba-Before": ",".join(f"{f}={out['proba_before'][f]:.4f}" for f in out["findings"]),
+                "X-CXR-Proba-After": ",".join(f"{f}={smp['proba_after'][f]:.4f}" for f in out["findings"]),
+            }
+            arr = smp["image"] if part == "image" else smp["mask"].astype(np.float32)
+            return Response(encode_png(arr, bits=bits if part == "image" else 8), media_type="image/png", headers=headers)
+        samples = []
+        for smp in out["samples"]:
+            samples.append({**{k: v for k, v in smp.items() if k not in ("image", "mask")},
+                            "image": png_b64(smp["image"], bits), "mask": png_b64(smp["mask"].astype(np.float32))})
+        return JSONResponse(
+            GenerateResponse(
+                findings=out["findings"], proba_before=out["proba_before"], seed=seed, n=n, steps=out["steps"],
+                guidance=out["guidance"], width=w, height=h, bits=bits, batch_size=out["batch_size"],
+                seconds=out["seconds"], samples=samples,
+            ).model_dump(mode="json")
+        )
+
+    # ------------------------------------------------------------------ inpaint
+
+    @api.post(
+        "/v1/inpaint",
+        response_model=InpaintResponse,
+        tags=["generation"],
+        dependencies=[Depends(require_token)],
+        responses={200: _PNG_200, **ERROR_RESPONSES},
+        summary="Repaint a given mask with findings (no registration)",
+    )
+    async def inpaint(
+        self,
+        request: Request,
+        body: InpaintBody,
+        format: Literal["json", "png"] | None = Query(None, description="json (default) or png; else from the Accept header"),
+    ) -> Any:
+        s = self.cfg.serve
+        names = _findings(body.findings)
+        if body.steps is not None and body.steps > s.max_steps:
+            raise ApiError(422, "too_many_steps", f"steps={body.steps}; at most {s.max_steps} (serve.max_steps)")
+        image = decode_b64(body.image, "image", s)
+        mask = decode_b64(body.mask, "mask", s)
+        if mask.shape != image.shape:
+            raise ApiError(422, "mask_size", f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                           f"{image.shape[1]}x{image.shape[0]}; send a mask of the image's size")
+        m = mask.pixels > 0.5
+        if not m.any():
+            raise ApiError(422, "empty_mask", "the mask is empty: mark the pixels to repaint in white")
+        seed = secrets.randbelow(2**31) if body.seed is None else body.seed
+        out = await self._call("inpaint", {"image": image.pixels, "mask": m.astype(np.float32), "findings": names,
+                                           "seed": seed, "steps": body.steps, "guidance": body.guidance})
+        bits = _bits_header(image.bits)
+        if _want_png(request, format):
+            return Response(encode_png(out["image"], bits=bits), media_type="image/png", headers={"X-CXR-Seed": str(seed)})
+        h, w = image.shape
+        return JSONResponse(
+            InpaintResponse(
+                image=png_b64(out["image"], bits), mask=png_b64(out["mask"].astype(np.float32)), findings=out["findings"],
+                proba_before=out["proba_before"], proba_after=out["proba_after"], seed=seed, steps=out["steps"],
+                guidance=out["guidance"], width=w, height=h, seconds=out["seconds"],
+            ).model_dump(mode="json")
+        )
+
+    # ------------------------------------------------------------------ register
+
+    @api.post(
+        "/v1/register",
+        response_model=RegisterResponse,
+        tags=["registration"],
+        dependencies=[Depends(require_token)],
+        responses={200: _PNG_200, **ERROR_RESPONSES},
+        summary="Register a moving radiograph (and a map) onto a fixed one",
+    )
+    async def register(
+        self,
+        request: Request,
+        body: RegisterBody,
+        format: Literal["json", "png"] | None = Query(None, description="json (default) or png (the warped image)"),
+    ) -> Any:
+        s = self.cfg.serve
+        fixed = decode_b64(body.fixed, "fixed", s)
+        moving = decode_b64(body.moving, "moving", s)
+        if fixed.shape != moving.shape:
+            raise ApiError(422, "wrong_dimensions", f"fixed is {fixed.shape[1]}x{fixed.shape[0]} and moving is "
+                           f"{moving.shape[1]}x{moving.shape[0]}; send two images of one size")
+        mmap = None
+        if body.map is not None:
+            mmap = decode_b64(body.map, "map", s)
+            if mmap.shape != moving.shape:
+                raise ApiError(422, "map_size", f"the map is {mmap.shape[1]}x{mmap.shape[0]} but moving is "
+                               f"{moving.shape[1]}x{moving.shape[0]}; send a map of the moving image's size")
+        out = await self._call("register", {"fixed": fixed.pixels, "moving": moving.pixels,
+                                            "map": None if mmap is None else mmap.pixels})
+        bits = _bits_header(moving.bits)
+        if _want_png(request, format):
+            return Response(encode_png(out["warped"], bits=bits), media_type="image/png")
+        return JSONResponse(
+            RegisterResponse(
+                warped=png_b64(out["warped"], bits),
+                warped_map=None if out["warped_map"] is None else png_b64(out["warped_map"]),
+                **{k: out[k] for k in ("mse_before", "mse_after", "ncc_before", "ncc_after", "folded_fraction", "work_size", "seconds")},
+            ).model_dump(mode="json")
+        )
+
+
+def _profile_path(config: str) -> Path:
+    p = Path(config)
+    if p.is_file() or p.is_absolute():
+        return p
+    return REPO / p if (REPO / p).is_file() else p
+
+
+def build_app(cfg: RunConfig):
+    """``Ingress.bind(Generator.bind(...))`` with the replicas' resources taken from ``cfg``."""
+    TokenSource(cfg.serve.token_file, cfg.serve.require_token)  # fail at deploy time, not per request
+    profile = cfg.model_dump(mode="json")
+    r = cfg.resources
+    gpus = (r.gpus_per_actor or 1.0) if r.use_gpu else 0.0
+    generator = Generator.options(
+        ray_actor_options={"num_cpus": r.cpus_per_actor, "num_gpus": gpus},
+        user_config={k: getattr(cfg.serve, k) for k in USER_CONFIG_KEYS},
+    ).bind(profile)
+    return Ingress.options(ray_actor_options={"num_cpus": INGRESS_CPUS}).bind(generator, profile)
+
+
+def app(args: dict[str, Any]):
+    """Application builder for ``services.app:app``.
+
+    Args:
+        args: ``config`` (path of a run profile; relative paths are tried from the working
+            directory, then from the repository root) and optionally ``overrides``
+            (``["resources.use_gpu=false", ...]``).
+
+    Raises:
+        ValueError: missing or unknown args, an invalid profile, or no API token.
+    """
+    args = dict(args or {})
+    unknown = sorted(set(args) - {"config", "overrides"})
+    if unknown:
+        raise ValueError(f"unknown application args {unknown}; give config (a profile path) and optionally overrides")
+    if not args.get("config"):
+        raise ValueError("args.config is required: the run profile, e.g. configs/local.yaml")
+    overrides = args.get("overrides") or []
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    cfg = load_config(_profile_path(str(args["config"])), list(overrides))
+    return build_app(cfg)

@@ -1,0 +1,163 @@
+"""augment.generation on tiny random-weight models and a phantom reference folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from augment.config import load_config
+from augment.data.io import read_image
+from augment.data.nih import load_index
+from augment.generation import (
+    GenerationRequest,
+    check_request,
+    generate_batch,
+    inpaint_image,
+    inpaint_seeded,
+    load_bundle,
+    register_images,
+    resolve_checkpoint,
+    seed_generator,
+    upscale_field,
+)
+from augment.inpainting import findings_tensor, inpaint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))
+from tiny_models import build_tiny_setup  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    cfg = load_config(build_tiny_setup(root))
+    bundle = load_bundle(cfg)
+    index = load_index(root / "references")
+    healthy = torch.from_numpy(read_image(index.path(index.healthy()[0])))[None, None]
+    diseased = torch.from_numpy(read_image(index.path(index.with_finding("Mass")[0])))[None, None]
+    return cfg, bundle, healthy, diseased, root
+
+
+def test_bundle_holds_references_of_the_findings_in_the_folder(setup):
+    cfg, bundle, *_ = setup
+    assert bundle.available_findings == ["Cardiomegaly", "Effusion", "Mass", "Nodule"]
+    assert bundle.references.images["Mass"].shape[1:] == (1, cfg.data.image_size, cfg.data.image_size)
+    assert bundle.info["classifier"]["arch"] == "efficientnet-b0"
+
+
+def test_resolve_checkpoint_accepts_a_folder_and_names_what_is_missing(setup, tmp_path):
+    *_, root = setup
+    assert resolve_checkpoint(root / "models", ("generator.pt",)).name == "generator.pt"
+    with pytest.raises(ValueError, match="no generator.pt"):
+        resolve_checkpoint(tmp_path, ("generator.pt",))
+    with pytest.raises(ValueError, match="not found"):
+        resolve_checkpoint(tmp_path / "nope.pt", ("generator.pt",))
+
+
+def test_seeded_batch_of_one_equals_inpaint(setup):
+    cfg, bundle, healthy, *_ = setup
+    mask = torch.zeros_like(healthy, dtype=torch.bool)
+    mask[..., 20:34, 24:40] = True
+    icfg = bundle.generator.cfg.model_copy(update={"steps": 2, "bf16": False})
+    cond = findings_tensor(["Mass"])
+    a = inpaint(bundle.generator, healthy, mask, cond, icfg, seed_generator(7))
+    b = inpaint_seeded(bundle.generator, healthy, mask, cond, icfg, [7])
+    assert torch.equal(a.images, b.images)
+
+
+def test_seeded_batch_gives_each_image_its_own_noise(setup):
+    cfg, bundle, healthy, *_ = setup
+    mask = torch.zeros_like(healthy, dtype=torch.bool)
+    mask[..., 20:34, 24:40] = True
+    icfg = bundle.generator.cfg.model_copy(update={"steps": 2, "bf16": False})
+    batch = inpaint_seeded(bundle.generator, healthy.repeat(3, 1, 1, 1), mask.repeat(3, 1, 1, 1),
+                           findings_tensor(["Mass"] * 3), icfg, [1, 2, 1])
+    alone = inpaint_seeded(bundle.generator, healthy, mask, findings_tensor(["Mass"]), icfg, [2])
+    assert torch.allclose(batch.images[1:2], alone.images, atol=1e-5)
+    assert torch.allclose(batch.images[0], batch.images[2], atol=1e-6)
+    assert not torch.allclose(batch.images[0], batch.images[1])
+    with pytest.raises(ValueError, match="one seed per image"):
+        inpaint_seeded(bundle.generator, healthy, mask, findings_tensor(["Mass"]), icfg, [1, 2])
+
+
+def test_generate_batch_equals_requests_alone_and_keeps_pixels_outside_the_mask(setup):
+    cfg, bundle, healthy, diseased, _ = setup
+    reqs = [GenerationRequest(healthy, ("Nodule",), seed=3, n_samples=2), GenerationRequest(diseased, ("Mass", "Effusion"), seed=9)]
+    together = generate_batch(bundle, cfg, reqs)
+    alone = [generate_batch(bundle, cfg, [r])[0] for r in reqs]
+    for t, a, r in zip(together, alone, reqs):
+        assert t.findings == a.findings and len(t.samples) == r.n_samples
+        for st, sa in zip(t.samples, a.samples):
+            assert torch.allclose(st.image, sa.image, atol=1e-5) and torch.equal(st.mask, sa.mask)
+            assert st.seed == sa.seed
+            outside = (st.image - r.image).abs().masked_fill(st.mask, 0).max()
+            assert float(outside) == 0.0
+            assert st.decision.outside_max_abs_diff == 0.0
+            assert set(st.proba_after) == set(t.proba_before)
+    assert [s.seed for s in together[0].samples] == [3, 4]
+    assert [ref.finding for ref in together[1].samples[0].references] == ["Mass", "Effusion"]
+    assert together[0].samples[0].references[0].rank == 0 and together[0].samples[1].references[0].rank == 1
+
+
+def test_generate_at_the_images_own_size(setup):
+    cfg, bundle, healthy, *_ = setup
+    big = torch.nn.functional.interpolate(healthy, size=(96, 80), mode="bilinear", align_corners=False).clamp(0, 1)
+    (res,) = generate_batch(bundle, cfg, [GenerationRequest(big, ("Cardiomegaly",), seed=0)])
+    assert res.samples[0].image.shape == (1, 1, 96, 80) and res.samples[0].mask.shape == (1, 1, 96, 80)
+
+
+@pytest.mark.parametrize(
+    "req, match",
+    [
+        (dict(findings=("Broken_Arm",)), "unknown finding"),
+        (dict(findings=("Hernia",)), "no reference shows"),
+        (dict(findings=()), "at least one finding"),
+        (dict(findings=("Mass",), n_samples=0), "n_samples"),
+        (dict(findings=("Mass",), image=torch.full((1, 1, 64, 64), 0.5)), "constant"),
+        (dict(findings=("Mass",), image=torch.full((1, 1, 64, 64), 2.0)), r"\[0, 1\]"),
+    ],
+)
+def test_check_request_names_the_problem(setup, req, match):
+    cfg, bundle, healthy, *_ = setup
+    with pytest.raises(ValueError, match=match):
+        check_request(GenerationRequest(**{"image": healthy, **req}), bundle)
+
+
+def test_inpaint_image_checks_the_mask(setup):
+    cfg, bundle, healthy, *_ = setup
+    mask = torch.zeros_like(healthy)
+    mask[..., 10:20, 10:20] = 1
+    out = inpaint_image(bundle, cfg, healthy, mask, ["Mass"], seed=1, steps=1)
+    assert out.image.shape == healthy.shape and out.steps == 1
+    assert float((out.image - healthy).abs().masked_fill(out.mask, 0).max()) == 0.0
+    with pytest.raises(ValueError, match="empty"):
+        inpaint_image(bundle, cfg, healthy, torch.zeros_like(healthy), ["Mass"])
+    with pytest.raises(ValueError, match="mask is"):
+        inpaint_image(bundle, cfg, healthy, torch.ones(1, 1, 32, 32), ["Mass"])
+
+
+def test_upscale_field_scales_displacements():
+    f = torch.zeros(1, 2, 8, 8)
+    f[:, 0] = 1.0  # one pixel to the right at 8x8
+    up = upscale_field(f, 15, 29)
+    assert up.shape == (1, 2, 15, 29)
+    assert torch.allclose(up[:, 0], torch.full((1, 15, 29), 28 / 7))
+    assert torch.allclose(up[:, 1], torch.zeros(1, 15, 29))
+    assert upscale_field(f, 8, 8) is f
+
+
+def test_register_images_improves_similarity_and_carries_the_map(setup):
+    cfg, bundle, healthy, diseased, _ = setup
+    m = torch.zeros_like(diseased)
+    m[..., 20:40, 20:40] = 1
+    out = register_images(healthy, diseased, cfg.registration, 32, m)
+    assert out.warped.shape == healthy.shape and out.warped_map.shape == healthy.shape
+    assert out.mse_after < out.mse_before and out.work_size == 32
+    with pytest.raises(ValueError, match="one size"):
+        register_images(healthy, diseased[..., :48, :48], cfg.registration, 32)
+    with pytest.raises(ValueError, match="map is"):
+        register_images(healthy, diseased, cfg.registration, 32, m[..., :32, :32])

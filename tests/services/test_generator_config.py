@@ -1,0 +1,83 @@
+"""The Generator deployment's user_config handling, in process (no Ray cluster needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augment.config import ConfigError, load_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import build_tiny_setup  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def replica(tmp_path_factory):
+    from services.deployments import USER_CONFIG_KEYS, Generator
+
+    root = tmp_path_factory.mktemp("gencfg")
+    cfg = load_config(build_tiny_setup(root))
+    shutil.copy(root / "models" / "generator.pt", root / "models" / "generator-v2.pt")
+    g = Generator.func_or_class(cfg.model_dump(mode="json"))
+    g.reconfigure({k: getattr(cfg.serve, k) for k in USER_CONFIG_KEYS})
+    return g, root
+
+
+def test_user_config_reloads_models_only_when_a_location_changes(replica):
+    g, root = replica
+    first = g._bundle
+    g.reconfigure({"max_batch_size": 3, "batch_wait_timeout_s": 0.05, "batching": False})
+    assert g._bundle is first, "batching changes do not reload models"
+    info = g.info()
+    assert info["batching"] == {"enabled": False, "max_batch_size": 3, "batch_wait_timeout_s": 0.05}
+    g.reconfigure({"generator": str(root / "models" / "generator-v2.pt")})
+    assert g._bundle is not first
+    assert g.info()["generator"]["uri"].endswith("generator-v2.pt")
+
+
+def test_user_config_rejects_unknown_keys_and_bad_values(replica):
+    g, _ = replica
+    with pytest.raises(ValueError, match="unknown user_config"):
+        g.reconfigure({"max_batch": 3})
+    with pytest.raises(ValueError):
+        g.reconfigure({"max_batch_size": 0})
+    with pytest.raises(ValueError, match="not found"):
+        g.reconfigure({"generator": "/nonexistent/generator.pt"})
+    assert g.info()["available_findings"], "a failed reload keeps the models that were loaded"
+
+
+def test_errors_come_back_as_dicts_not_exceptions(replica):
+    g, _ = replica
+    g.reconfigure({"batching": False})  # @serve.batch needs a running replica; the plain path does not
+    img = np.full((64, 64), 0.5, np.float32)
+    out = asyncio.run(g.generate({"image": img, "findings": ["Mass"], "seed": 0}))
+    assert out["error"]["status"] == 422 and out["error"]["code"] == "no_contrast"
+    out = asyncio.run(g.generate({"image": img + np.linspace(0, 0.3, 64, dtype=np.float32), "findings": ["Hernia"], "seed": 0}))
+    assert out["error"]["code"] == "unknown_finding" and "Mass" in out["error"]["known"]
+
+
+def test_builder_takes_resources_from_the_profile_and_needs_a_token(tmp_path, monkeypatch):
+    from services.app import app
+
+    profile = build_tiny_setup(tmp_path)
+    monkeypatch.delenv("CXR_API_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="CXR_API_TOKEN"):
+        app({"config": str(profile)})
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    built = app({"config": str(profile), "overrides": [f"serve.token_file={token_file}", "resources.use_gpu=true"]})
+    gen = built._bound_deployment.init_args[0]
+    assert gen._bound_deployment.ray_actor_options["num_gpus"] == 1.0
+    assert gen._bound_deployment.ray_actor_options["num_cpus"] == 0.5
+    assert gen._bound_deployment._deployment_config.user_config["generator"].endswith("generator.pt")
+    with pytest.raises(ValueError, match="unknown application args"):
+        app({"config": str(profile), "replicas": 3})
+    with pytest.raises(ConfigError):
+        app({"config": str(profile), "overrides": ["serve.max_batch_size=0"]})
