@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from augment.config import ConfigError, RunConfig, load_config
-from augment.data import DataError, data_root, prepare_data
+from augment.data import DataError, NIHIndex, Split, data_root, prepare_data
 from augment.data.io import read_image
 from augment.findings import LABELS
 from jobs.stages import StageResult, run_stage, stage_key
@@ -31,14 +34,13 @@ log = logging.getLogger("cxr.pipeline")
 __all__ = ["run_pipeline", "main"]
 
 
-def _data_stage(cfg: RunConfig, parent_run_id: str | None) -> StageResult:
+def _data_stage(cfg: RunConfig, index: NIHIndex, split: Split, parent_run_id: str | None) -> StageResult:
     from augment import tracking
     from augment.evaluation.plots import image_grid, save_figure
 
     key = stage_key({"data": cfg.data.model_dump(mode="json"), "root": str(data_root(cfg))})
 
     def work(out: Path) -> dict[str, Any]:
-        index, split = prepare_data(cfg)
         with tracking.start_run(cfg, "data", parent_run_id, data_fingerprint=index.fingerprint()) as run:
             counts = {part: getattr(split, part).counts() for part in ("train", "val", "test")}
             for part, c in counts.items():
@@ -86,19 +88,241 @@ def _print_counts(res: dict[str, Any]) -> None:
             print(f"{lab:<20}{row[0]:>7}{row[1]:>7}{row[2]:>7}")
 
 
-def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    """Run every stage that exists, under one parent MLflow run; return the stage results."""
+def _classifier_stage(
+    cfg: RunConfig, name: str, train: NIHIndex, val: NIHIndex, upstream: list[str], parent_run_id: str
+) -> StageResult:
+    from jobs.train_classifier import train_classifier
+
+    key = stage_key({"classifier": cfg.classifier.model_dump(mode="json"), "resources": cfg.resources.model_dump(mode="json")}, upstream)
+
+    def work(out: Path) -> dict[str, Any]:
+        res = train_classifier(cfg, train, val, out, parent_run_id)
+        shutil.rmtree(out / "ray", ignore_errors=True)  # Ray Train's copies; classifier.pt is the result
+        last = res.history[-1]
+        return {
+            "checkpoint": res.checkpoint_path.name,
+            "mlflow_run_id": res.run_id,
+            "train_images": len(train),
+            "epochs": len(res.history),
+            "train_loss": last.train_loss,
+            "val_loss": last.val_loss,
+            "loss_gap": last.loss_gap,
+            "val_macro_auc": res.metrics.macro_auc,
+            "fit_seconds": res.seconds,
+        }
+
+    return run_stage(cfg.output_dir, name, key, work)
+
+
+def _generator_stage(cfg: RunConfig, train: NIHIndex, upstream: list[str], parent_run_id: str) -> StageResult:
+    from jobs.train_generator import train_generator
+
+    key = stage_key({"inpainting": cfg.inpainting.model_dump(mode="json"), "attention": cfg.attention.model_dump(mode="json")}, upstream)
+
+    def work(out: Path) -> dict[str, Any]:
+        res = train_generator(cfg, train, out, parent_run_id)
+        shutil.rmtree(out / "ray", ignore_errors=True)
+        return {
+            "checkpoint": res.checkpoint_path.name,
+            "mlflow_run_id": res.run_id,
+            "steps": len(res.losses),
+            "final_loss": float(sum(res.losses[-20:]) / max(1, len(res.losses[-20:]))),
+            "fit_seconds": res.seconds,
+        }
+
+    return run_stage(cfg.output_dir, "generator", key, work)
+
+
+def _augment_stage(
+    cfg: RunConfig, train: NIHIndex, classifier: Path, generator: StageResult, upstream: list[str], parent_run_id: str
+) -> StageResult:
+    import mlflow
+
     from augment import tracking
+    from augment.augmentation.pool import PoolWriter
+    from augment.evaluation.plots import image_grid, save_figure
+    from jobs.augment import run_augment
+
+    key = stage_key(
+        {"augment": cfg.augment.model_dump(mode="json"), "quality": cfg.quality.model_dump(mode="json"),
+         "registration": cfg.registration.model_dump(mode="json"), "attention": cfg.attention.model_dump(mode="json")},
+        upstream,
+    )
+    # The pool lives beside the stage folders under a key of its own: a re-run with the
+    # same inputs resumes it (finished items are skipped), other inputs get a new pool.
+    pool_uri = f"{cfg.augment.output.rstrip('/')}/{key}"
+    acfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"output": pool_uri})})
+
+    def work(out: Path) -> dict[str, Any]:
+        with tracking.start_run(acfg, "augment", parent_run_id) as run:
+            res = run_augment(
+                acfg, train, str(classifier), str(generator.path / generator.result["checkpoint"]),
+                generator_run=generator.result.get("mlflow_run_id") or "",
+            )
+            per = res.summary
+            tracking.metrics_to_mlflow({
+                "planned": res.planned, "processed": res.processed, "skipped_done": res.skipped_done,
+                "seconds": res.seconds, "items_per_s": res.throughput, "accepted_per_s": res.accepted_per_second,
+                "accepted": sum(d["accepted"] for d in per.values()),
+                "rejected": sum(d["rejected"] for d in per.values()),
+                **{f"acceptance_rate.{f}": d["acceptance_rate"] for f, d in per.items()},
+                **{f"accepted.{f}": d["accepted"] for f, d in per.items()},
+            })
+            rows = PoolWriter(pool_uri).rows()
+            if rows and "://" not in pool_uri:
+                from augment.data.io import read_image
+
+                root = Path(pool_uri)
+                pick = [r for r in rows if r.accepted][:8] + [r for r in rows if not r.accepted][:4]
+                imgs = [read_image(root / ("images" if r.accepted else "rejected") / r.image) for r in pick]
+                masks = [read_image(root / "masks" / r.image) for r in pick]
+                titles = [f"{'OK' if r.accepted else 'NO'} {r.finding} {r.prob_before or 0:.2f}->{r.prob_after or 0:.2f}" for r in pick]
+                save_figure(image_grid(imgs, titles, ncols=6, overlays=masks), out / "examples.png")
+                mlflow.log_artifact(str(out / "examples.png"))
+            mlflow.log_text(json.dumps(per, indent=1), "acceptance.json")
+            return {"pool": pool_uri, "planned": res.planned, "processed": res.processed, "summary": per,
+                    "seconds": res.seconds, "accepted_per_s": res.accepted_per_second, "mlflow_run_id": run.info.run_id}
+
+    return run_stage(cfg.output_dir, "augment", key, work)
+
+
+def _evaluate(cfg: RunConfig, checkpoint: Path, test: NIHIndex) -> tuple[np.ndarray, np.ndarray, float]:
+    """(labels, probabilities, mean BCE loss) of a checkpoint on the test split."""
+    import torch
+
+    from augment.classifier import load_classifier
+    from augment.classifier.train import evaluate
+    from augment.data.dataset import NIHImageDataset
+
+    model = load_classifier(checkpoint)
+    loader = torch.utils.data.DataLoader(NIHImageDataset(test, cfg.classifier.image_size), batch_size=32)
+    res = evaluate(model, loader, torch.nn.BCEWithLogitsLoss(), torch.device("cpu"))
+    return res.y_true, res.y_prob, res.loss
+
+
+def _compare_stage(cfg: RunConfig, base: StageResult, aug: StageResult, test: NIHIndex, parent_run_id: str) -> StageResult:
+    import mlflow
+
+    from augment import tracking
+    from augment.classifier.metrics import classification_metrics
+    from augment.evaluation.compare import compare_auc, comparison_figure
+    from augment.evaluation.plots import save_figure
+
+    key = stage_key({"test": sorted(r.image_index for r in test.records)}, [base.key, aug.key])
+
+    def work(out: Path) -> dict[str, Any]:
+        y, pb, lb = _evaluate(cfg, base.path / base.result["checkpoint"], test)
+        _, pa, la = _evaluate(cfg, aug.path / aug.result["checkpoint"], test)
+        rows = compare_auc(y, pb, pa, seed=cfg.seed)
+        mb, ma = classification_metrics(y, pb, loss=lb), classification_metrics(y, pa, loss=la)
+        table = []
+        for r in rows:
+            d = r.to_dict()
+            if r.finding != "macro":
+                fb, fa = mb.finding(r.finding), ma.finding(r.finding)
+                d["acc_youden_base"], d["acc_youden_augmented"] = fb.accuracy_at_youden, fa.accuracy_at_youden
+            table.append(d)
+        summary = {
+            "test_images": len(test),
+            "loss_base": lb, "loss_augmented": la,
+            "gap_base": base.result["loss_gap"], "gap_augmented": aug.result["loss_gap"],
+            "train_images_base": base.result["train_images"], "train_images_augmented": aug.result["train_images"],
+        }
+        (out / "comparison.json").write_text(json.dumps({"summary": summary, "per_finding": table}, indent=1))
+        save_figure(comparison_figure(rows), out / "comparison.png")
+        with tracking.start_run(cfg, "compare", parent_run_id) as run:
+            macro = rows[-1]
+            tracking.metrics_to_mlflow({
+                "test.macro_auc_base": macro.auc_base, "test.macro_auc_augmented": macro.auc_augmented,
+                "test.macro_auc_delta": macro.delta, "test.macro_auc_delta_low": macro.delta_low,
+                "test.macro_auc_delta_high": macro.delta_high, **{f"test.{k}": v for k, v in summary.items()},
+            })
+            mlflow.log_table({k: [row.get(k) for row in table] for k in table[0]}, "comparison_table.json")
+            mlflow.log_artifact(str(out / "comparison.png"))
+            mlflow.log_artifact(str(out / "comparison.json"))
+            return {"summary": summary, "per_finding": table, "mlflow_run_id": run.info.run_id}
+
+    return run_stage(cfg.output_dir, "compare", key, work)
+
+
+def _publish(cfg: RunConfig, files: dict[str, Path]) -> None:
+    """Copy the run's models to the fixed places the Serve app reads by default (``serve.*``)."""
+    from augment.data.io import atomic_write_bytes
+
+    for rel, src in files.items():
+        atomic_write_bytes(Path(cfg.output_dir) / rel, Path(src).read_bytes())
+    log.info("models published under %s: %s", cfg.output_dir, ", ".join(files))
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _print_comparison(res: dict[str, Any]) -> None:
+    s = res["summary"]
+    print(f"\nBase (real only, {s['train_images_base']} train images) vs augmented (real + synthetic, "
+          f"{s['train_images_augmented']}) on the same {s['test_images']} held-out real test images:")
+    print(f"{'finding':<20}{'pos':>5}{'AUC base':>10}{'AUC aug':>10}{'delta [95% CI]':>26}  verdict")
+    for r in res["per_finding"]:
+        if r["auc_base"] is None and r["finding"] != "macro":
+            continue
+        ci = f"[{_fmt(r['delta_low'], '+.3f')}, {_fmt(r['delta_high'], '+.3f')}]"
+        print(f"{r['finding']:<20}{r['n_positive']:>5}{_fmt(r['auc_base']):>10}{_fmt(r['auc_augmented']):>10}"
+              f"{_fmt(r['delta'], '+.3f'):>9} {ci:>16}  {r['verdict']}")
+    print(f"{'test loss':<20}{'':>5}{_fmt(s['loss_base'], '.4f'):>10}{_fmt(s['loss_augmented'], '.4f'):>10}")
+    print(f"{'train-val gap':<20}{'':>5}{_fmt(s['gap_base'], '.4f'):>10}{_fmt(s['gap_augmented'], '.4f'):>10}")
+
+
+def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
+    """Run every stage under one parent MLflow run; return the stage results."""
+    from augment import tracking
+    from augment.data import load_index
+    from jobs.ray_utils import init_ray
 
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
-    with tracking.start_run(cfg, "pipeline") as parent:
-        pid = parent.info.run_id
-        data = _data_stage(cfg, pid)
-        results["data"] = data.result
-        _print_counts(data.result)
-        tracking.metrics_to_mlflow({"pipeline.seconds": time.perf_counter() - t0})
-        results["mlflow_run_id"] = pid
+    started = init_ray(cfg)  # once for all stages; each stage would otherwise start its own
+    try:
+        with tracking.start_run(cfg, "pipeline") as parent:
+            pid = parent.info.run_id
+            results["mlflow_run_id"] = pid
+            index, split = prepare_data(cfg)
+            data = _data_stage(cfg, index, split, pid)
+            results["data"] = data.result
+            _print_counts(data.result)
+            base = _classifier_stage(cfg, "classifier-base", split.train, split.val, [data.key], pid)
+            results["classifier_base"] = base.result
+            base_ckpt = base.path / base.result["checkpoint"]
+            gen = _generator_stage(cfg, split.train, [data.key], pid)
+            results["generator"] = gen.result
+            aug = _augment_stage(cfg, split.train, base_ckpt, gen, [data.key, base.key, gen.key], pid)
+            results["augment"] = aug.result
+            pool = load_index(aug.result["pool"]) if sum(d["accepted"] for d in aug.result["summary"].values()) else None
+            if pool is None:
+                log.warning("the gate accepted no synthetic image: the augmented classifier sees the real images only")
+            augmented_train = split.train.concat(pool) if pool is not None else split.train
+            retrained = _classifier_stage(cfg, "classifier-augmented", augmented_train, split.val, [data.key, aug.key], pid)
+            results["classifier_augmented"] = retrained.result
+            _publish(cfg, {
+                "classifier/classifier.pt": base_ckpt,
+                "generator/generator.pt": gen.path / gen.result["checkpoint"],
+                "classifier-augmented/classifier.pt": retrained.path / retrained.result["checkpoint"],
+            })
+            cmp = _compare_stage(cfg, base, retrained, split.test, pid)
+            results["compare"] = cmp.result
+            _print_comparison(cmp.result)
+            tracking.metrics_to_mlflow({"pipeline.seconds": time.perf_counter() - t0})
+            for name in ("data", "classifier_base", "generator", "augment", "classifier_augmented", "compare"):
+                mlflow_id = results[name].get("mlflow_run_id")
+                if mlflow_id:
+                    import mlflow
+
+                    mlflow.set_tag(f"cxr.child.{name}", mlflow_id)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 

@@ -117,6 +117,8 @@ class NIHIndex:
         bboxes: image index -> boxes.
         skipped: rows dropped under ``on_bad_row='skip'``, as (image index, reason).
         official_test: image indices of ``test_list.txt`` when present, else None.
+        image_dirs: image index -> images folder, for rows that live in another folder
+            than ``root/images`` (an index joined from two folders, see :meth:`concat`).
     """
 
     root: Path
@@ -124,6 +126,7 @@ class NIHIndex:
     bboxes: dict[str, tuple[BBox, ...]] = field(default_factory=dict)
     skipped: tuple[tuple[str, str], ...] = ()
     official_test: frozenset[str] | None = None
+    image_dirs: dict[str, Path] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -134,7 +137,7 @@ class NIHIndex:
 
     def path(self, rec: Record | str) -> Path:
         name = rec.image_index if isinstance(rec, Record) else rec
-        return self.image_dir / name
+        return self.image_dirs.get(name, self.image_dir) / name
 
     def labels_matrix(self) -> np.ndarray:
         """(N, 14) float32 multi-hot labels over :data:`FINDINGS`."""
@@ -154,7 +157,27 @@ class NIHIndex:
         keep = set(image_indices)
         recs = tuple(r for r in self.records if r.image_index in keep)
         boxes = {k: v for k, v in self.bboxes.items() if k in keep}
-        return replace(self, records=recs, bboxes=boxes)
+        dirs = {k: v for k, v in self.image_dirs.items() if k in keep}
+        return replace(self, records=recs, bboxes=boxes, image_dirs=dirs)
+
+    def concat(self, other: "NIHIndex") -> "NIHIndex":
+        """This index followed by ``other``'s rows (e.g. real training images + a synthetic pool).
+
+        Raises:
+            DataError: an image index appears in both.
+        """
+        clash = {r.image_index for r in self.records} & {r.image_index for r in other.records}
+        if clash:
+            raise DataError(f"{len(clash)} image(s) are in both {self.root} and {other.root}, e.g. {sorted(clash)[:3]}")
+        dirs = dict(self.image_dirs)
+        dirs.update({r.image_index: other.path(r).parent for r in other.records})
+        return replace(
+            self,
+            records=self.records + other.records,
+            bboxes={**self.bboxes, **other.bboxes},
+            skipped=self.skipped + other.skipped,
+            image_dirs=dirs,
+        )
 
     def with_finding(self, finding: str) -> list[Record]:
         return [r for r in self.records if finding in r.labels]

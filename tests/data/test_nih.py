@@ -186,3 +186,16 @@ def test_record_multi_hot():
     v = r.multi_hot()
     assert v.sum() == 2 and v[FINDINGS.index("Hernia")] == 1
     assert np.all(Record("y.png", ("No Finding",), 2).multi_hot() == 0)
+
+
+def test_concat_keeps_each_rows_folder(tmp_path, make_nih_folder):
+    a = load_index(make_nih_folder(ROWS[:3], name="real"))
+    b = load_index(make_nih_folder([("syn_mass_00000_00000002_000.png", "Mass", 2)], name="pool"))
+    both = a.concat(b)
+    assert len(both) == 4
+    assert both.path("syn_mass_00000_00000002_000.png").parent == b.image_dir
+    assert both.path(ROWS[0][0]).parent == a.image_dir
+    assert all(both.path(r).is_file() for r in both.records)
+    assert both.subset(["syn_mass_00000_00000002_000.png"]).path("syn_mass_00000_00000002_000.png").is_file()
+    with pytest.raises(DataError, match="in both"):
+        a.concat(a)

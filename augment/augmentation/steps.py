@@ -1,0 +1,262 @@
+"""The augmentation steps as plain callables on column batches.
+
+A batch is a dict of equal-length columns (NumPy arrays), the format Ray Data's
+``map_batches`` hands over, but nothing here imports Ray: ``jobs/augment.py`` wraps each
+step in an actor pool, and :func:`run_in_process` chains the same steps in a plain loop
+(the benchmark's baseline and the fallback without Ray).
+
+Columns, as they accumulate:
+
+* plan: ``item_id finding source source_patient seed output_name``
+* :class:`RegisterStep`: ``image`` (B, S, S) float32, ``mask`` (B, S, S) uint8,
+  ``reference`` str, ``registration_ncc`` float, ``status`` str ("" = fine, else why the
+  item cannot go on: an unreadable source, an empty region)
+* :class:`InpaintStep`: ``synthetic`` (B, S, S) float32
+* :class:`GateStep`: ``prob_before prob_after`` float, ``accepted`` bool, ``reason`` str
+* :class:`WriteStep`: writes each item into the pool, returns the small columns only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from augment.augmentation.plan import PlanItem
+from augment.augmentation.pool import PoolWriter, ProvenanceRow
+from augment.augmentation.references import ReferenceBank
+from augment.config import RunConfig
+from augment.data.io import ImageReadError, read_image
+from augment.data.nih import NIHIndex
+from augment.findings import FINDINGS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Batch",
+    "items_to_batches",
+    "RegisterStep",
+    "InpaintStep",
+    "GateStep",
+    "WriteStep",
+    "run_in_process",
+]
+
+Batch = dict[str, np.ndarray]
+PLAN_COLUMNS = ("item_id", "finding", "source", "source_patient", "seed", "output_name")
+
+
+def items_to_batches(items: Iterable[PlanItem], batch_size: int) -> Iterator[Batch]:
+    """Group plan items into column batches."""
+    buf: list[PlanItem] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) == batch_size:
+            yield _to_batch(buf)
+            buf = []
+    if buf:
+        yield _to_batch(buf)
+
+
+def _to_batch(items: list[PlanItem]) -> Batch:
+    return {c: np.array([getattr(i, c) for i in items]) for c in PLAN_COLUMNS}
+
+
+def _generator(seed: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt) % (2**63 - 1))
+
+
+class RegisterStep:
+    """Read each healthy source, pick a reference showing the finding, carry its region over.
+
+    Args:
+        cfg: the run profile (``registration``, ``data.image_size``).
+        index: the training index (the sources' folder).
+        bank: the references and their attention maps.
+    """
+
+    def __init__(self, cfg: RunConfig, index: NIHIndex, bank: ReferenceBank) -> None:
+        from augment.registration import choose_references, transfer_region
+
+        self.cfg = cfg
+        self.index = index
+        self.bank = bank
+        self._choose = choose_references
+        self._transfer = transfer_region
+        self.size = cfg.data.image_size
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["item_id"])
+        s = self.size
+        image = np.zeros((n, s, s), np.float32)
+        mask = np.zeros((n, s, s), np.uint8)
+        reference = np.array([""] * n, dtype=object)
+        ncc = np.full(n, np.nan, np.float32)
+        status = np.array([""] * n, dtype=object)
+        rows: list[int] = []
+        refs, maps = [], []
+        for i in range(n):
+            try:
+                image[i] = read_image(self.index.path(str(batch["source"][i])), s)
+            except ImageReadError as exc:
+                status[i] = f"unreadable_source: {exc}"
+                continue
+            f = str(batch["finding"][i])
+            healthy = torch.from_numpy(image[i])[None, None]
+            choice = self._choose(
+                healthy, self.bank.images[f], self.bank.labels[f], f, self.cfg.registration,
+                generator=_generator(batch["seed"][i], 1),
+            )
+            # among the k most similar, the item's seed picks one: variety across items
+            pick = choice.indices[int(torch.randint(len(choice.indices), (1,), generator=_generator(batch["seed"][i], 2)))]
+            reference[i] = self.bank.ids[f][pick]
+            refs.append(self.bank.images[f][pick])
+            maps.append(self.bank.maps[f][pick])
+            rows.append(i)
+        if rows:
+            healthy = torch.from_numpy(image[rows])[:, None]
+            tr = self._transfer(healthy, torch.stack(refs), torch.stack(maps), self.cfg.registration)
+            m = tr.mask[:, 0].cpu().numpy()
+            for j, i in enumerate(rows):
+                mask[i] = m[j]
+                ncc[i] = float(tr.registration.ncc_after[j])
+                if not m[j].any():
+                    status[i] = "empty_mask"
+        return {**batch, "image": image, "mask": mask, "reference": reference, "registration_ncc": ncc, "status": status}
+
+
+class InpaintStep:
+    """Paint the finding into each region with the flow-matching generator (loaded once)."""
+
+    def __init__(self, cfg: RunConfig, generator_checkpoint: str) -> None:
+        from augment.inpainting import findings_tensor, inpaint, load_generator
+        from augment.inpainting.model import resolve_device
+
+        self.cfg = cfg
+        self.device = resolve_device(cfg.inpainting.device)
+        self.model = load_generator(generator_checkpoint, map_location=self.device)
+        self._inpaint = inpaint
+        self._findings = findings_tensor
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["item_id"])
+        synthetic = batch["image"].copy()
+        ok = [i for i in range(n) if batch["status"][i] == ""]
+        if ok:
+            img = torch.from_numpy(batch["image"][ok])[:, None]
+            msk = torch.from_numpy(batch["mask"][ok].astype(bool))[:, None]
+            gens = [_generator(batch["seed"][i], 3) for i in ok]
+            res = self._inpaint(
+                self.model, img, msk, self._findings([str(batch["finding"][i]) for i in ok]),
+                self.cfg.inpainting, generator=gens,
+            )
+            synthetic[ok] = res.images[:, 0].cpu().numpy()
+        return {**batch, "synthetic": synthetic}
+
+
+class GateStep:
+    """Judge each synthetic image with the classifier (loaded once) and the training bank."""
+
+    def __init__(self, cfg: RunConfig, classifier_checkpoint: str, train_index: NIHIndex | None = None) -> None:
+        from augment.classifier import load_classifier
+        from augment.classifier.predict import embed_images, predict_proba
+        from augment.quality.gate import evaluate_gate
+        from augment.quality.memorisation import TrainingBank
+
+        self.cfg = cfg
+        device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
+        self.model = load_classifier(classifier_checkpoint, map_location=device)
+        self.prob_fn = lambda x: predict_proba(self.model, x)
+        self.embed_fn = lambda x: embed_images(self.model, x)
+        self._gate = evaluate_gate
+        self.bank = None
+        if train_index is not None and len(train_index):
+            arrs, ids = [], []
+            for r in train_index.records:
+                try:
+                    arrs.append(read_image(train_index.path(r), cfg.data.image_size))
+                    ids.append(r.image_index)
+                except ImageReadError as exc:  # the register step counts it per item
+                    log.warning("near-copy bank skips an unreadable training image: %s", exc)
+            if arrs:
+                self.bank = TrainingBank.build(torch.from_numpy(np.stack(arrs))[:, None], ids, self.embed_fn)
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["item_id"])
+        pb = np.full(n, np.nan, np.float32)
+        pa = np.full(n, np.nan, np.float32)
+        accepted = np.zeros(n, bool)
+        reason = np.array([str(s).split(":")[0] for s in batch["status"]], dtype=object)
+        ok = [i for i in range(n) if batch["status"][i] == ""]
+        if ok:
+            targets = torch.zeros(len(ok), len(FINDINGS))
+            for j, i in enumerate(ok):
+                targets[j, FINDINGS.index(str(batch["finding"][i]))] = 1.0
+            decisions = self._gate(
+                torch.from_numpy(batch["image"][ok])[:, None],
+                torch.from_numpy(batch["synthetic"][ok])[:, None],
+                torch.from_numpy(batch["mask"][ok].astype(np.float32))[:, None],
+                targets, self.cfg.quality, self.prob_fn, self.embed_fn, self.bank,
+                source_ids=[str(batch["source"][i]) for i in ok],
+            )
+            for j, i in enumerate(ok):
+                d = decisions[j]
+                pb[i], pa[i] = d.p_before[0], d.p_after[0]
+                accepted[i] = d.accepted
+                reason[i] = "accepted" if d.accepted else "|".join(d.reasons)
+        return {**batch, "prob_before": pb, "prob_after": pa, "accepted": accepted, "reason": reason}
+
+
+class WriteStep:
+    """Write each finished item into the pool (idempotent per item id); return small columns."""
+
+    def __init__(self, pool_uri: str, generator_run: str) -> None:
+        self.pool = PoolWriter(pool_uri)
+        self.generator_run = generator_run
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["item_id"])
+        for i in range(n):
+            m = batch["mask"][i]
+            pb, pa, ncc = (float(batch[k][i]) for k in ("prob_before", "prob_after", "registration_ncc"))
+            row = ProvenanceRow(
+                item_id=str(batch["item_id"][i]),
+                image=str(batch["output_name"][i]),
+                finding=str(batch["finding"][i]),
+                source=str(batch["source"][i]),
+                source_patient=int(batch["source_patient"][i]),
+                reference=str(batch["reference"][i]),
+                mask=str(batch["output_name"][i]),
+                mask_area=float(m.mean()) if m.size else 0.0,
+                prob_before=None if np.isnan(pb) else pb,
+                prob_after=None if np.isnan(pa) else pa,
+                accepted=bool(batch["accepted"][i]),
+                reason=str(batch["reason"][i]),
+                registration_ncc=None if np.isnan(ncc) else ncc,
+                generator_run=self.generator_run,
+                seed=int(batch["seed"][i]),
+            )
+            self.pool.write_item(row, batch["synthetic"][i], m)
+        return {k: batch[k] for k in ("item_id", "finding", "accepted", "reason")}
+
+
+def run_in_process(
+    batches: Iterable[Batch],
+    steps: list[Callable[[Batch], Batch]],
+    on_batch: Callable[[Batch], Any] | None = None,
+) -> tuple[int, list[float]]:
+    """Chain the steps over the batches in this process; return (items, seconds per step)."""
+    n = 0
+    seconds = [0.0] * len(steps)
+    for b in batches:
+        for k, step in enumerate(steps):
+            t0 = time.perf_counter()
+            b = step(b)
+            seconds[k] += time.perf_counter() - t0
+        n += len(b["item_id"])
+        if on_batch is not None:
+            on_batch(b)
+    return n, seconds

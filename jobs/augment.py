@@ -1,0 +1,257 @@
+"""The augmentation job on Ray Data: plan -> register -> inpaint -> gate -> write.
+
+::
+
+    python -m jobs.augment --config configs/local.yaml \
+        --classifier runs/.../classifier.pt --generator runs/.../generator.pt
+
+The plan (which healthy image gets which finding) is made on the driver; Ray Data then
+streams the items through three actor pools (registration, the generator, the classifier
+gate), each loading its model once, and a writer that puts every finished item into the
+pool atomically. Nothing materialises the data set: images are read inside the actors.
+Pool sizes, batch size and CPU/GPU shares come from the ``augment`` and ``resources``
+sections; fractional CPUs per actor keep a 2-core machine out of the read-then-actor-pool
+deadlock. Items already in the pool (a resumed run) are skipped; a killed actor is
+restarted by Ray and its batch retried, and writes are idempotent per item id, so every
+planned item ends up in the provenance table exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from augment.augmentation.plan import PlanItem, plan_augmentation
+from augment.augmentation.pool import PoolWriter
+from augment.augmentation.references import ReferenceBank, build_reference_bank
+from augment.augmentation.steps import GateStep, InpaintStep, RegisterStep, WriteStep, items_to_batches, run_in_process
+from augment.config import ConfigError, RunConfig, load_config
+from augment.data import DataError, NIHIndex
+
+log = logging.getLogger("cxr.augment")
+
+__all__ = ["AugmentResult", "build_bank", "run_augment", "main"]
+
+
+@dataclass(frozen=True)
+class AugmentResult:
+    """What the job did."""
+
+    pool: str
+    planned: int
+    skipped_done: int
+    processed: int  # items this call ran (the plan less what the pool already held)
+    summary: dict[str, Any]
+    seconds: float
+    throughput: float  # processed items per second
+    accepted_per_second: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_bank(cfg: RunConfig, train_index: NIHIndex, classifier_checkpoint: str | None) -> ReferenceBank:
+    """The references of each target finding, with maps from the configured attention source."""
+    from augment.attention import build_attention_source
+
+    classifier = None
+    if cfg.attention.source == "gradcam":
+        from augment.classifier import load_classifier
+
+        if not classifier_checkpoint:
+            raise ValueError("attention.source 'gradcam' needs the classifier checkpoint (--classifier)")
+        classifier = load_classifier(classifier_checkpoint)
+    source = build_attention_source(cfg.attention, classifier=classifier, index=train_index)
+    return build_reference_bank(
+        train_index, list(cfg.augment.findings), cfg.data.image_size, source,
+        per_finding=cfg.augment.references_per_finding, seed=cfg.augment.seed,
+    )
+
+
+def _actor_kwargs(cfg: RunConfig, size: int, gpu: bool = False) -> dict[str, Any]:
+    import ray.data
+
+    r = cfg.resources
+    kw: dict[str, Any] = {
+        "compute": ray.data.ActorPoolStrategy(size=size),
+        "num_cpus": r.cpus_per_actor,
+        "batch_size": cfg.augment.batch_size,
+        "batch_format": "numpy",
+    }
+    if gpu and r.use_gpu and r.gpus_per_actor > 0:
+        kw["num_gpus"] = r.gpus_per_actor
+    # A lost actor is restarted, but its batch is not retried inside Ray: in Ray 2.60 a
+    # retried streaming task can abort the driver (a failed check in
+    # PeekObjectRefStream). The job retries instead, resuming from the pool (see run_augment).
+    kw["max_restarts"] = -1
+    kw["max_task_retries"] = 0
+    return kw
+
+
+def _threads(cfg: RunConfig) -> int:
+    r = cfg.resources
+    return r.torch_threads or max(1, int(r.cpus_per_actor))
+
+
+class _Threads:
+    """Mixin: set torch's thread count in each actor before the step loads its model."""
+
+    def __init__(self, threads: int, *args: Any, **kwargs: Any) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+
+
+class RegisterActor(_Threads, RegisterStep):
+    pass
+
+
+class InpaintActor(_Threads, InpaintStep):
+    pass
+
+
+class GateActor(_Threads, GateStep):
+    pass
+
+
+def _report(counts: dict[str, Counter], total: int, t0: float) -> None:
+    done = sum(sum(c.values()) for c in counts.values())
+    parts = [f"{f}: {c['accepted']} accepted / {c['rejected']} rejected" for f, c in sorted(counts.items())]
+    log.info("augment %d/%d items (%.2f items/s) | %s", done, total, done / max(1e-9, time.perf_counter() - t0), "; ".join(parts))
+
+
+def run_augment(
+    cfg: RunConfig,
+    train_index: NIHIndex,
+    classifier_checkpoint: str,
+    generator_checkpoint: str,
+    generator_run: str = "",
+    use_ray: bool = True,
+    bank: ReferenceBank | None = None,
+) -> AugmentResult:
+    """Plan and make the synthetic images, write the pool, return counts and timings.
+
+    Args:
+        cfg: the run profile.
+        train_index: the real training split (sources, references, near-copy bank).
+        classifier_checkpoint: the gate's classifier.
+        generator_checkpoint: the flow-matching generator.
+        generator_run: MLflow run id of the generator, recorded per item.
+        use_ray: False runs the same steps in a plain in-process loop (the benchmark's
+            baseline; no Ray needed).
+        bank: references, when already built.
+    """
+    t0 = time.perf_counter()
+    plan = plan_augmentation(
+        train_index, list(cfg.augment.findings), cfg.augment.target_count, cfg.augment.max_per_finding, cfg.augment.seed
+    )
+    pool = PoolWriter(cfg.augment.output)
+    done = pool.done_ids()
+    todo: list[PlanItem] = [i for i in plan if i.item_id not in done]
+    log.info("plan: %d items (%s); %d already in %s", len(plan), dict(Counter(i.finding for i in plan)), len(plan) - len(todo), cfg.augment.output)
+    counts: dict[str, Counter] = {}
+    stage_seconds: dict[str, float] = {}
+
+    def tally(b: dict) -> None:
+        for f, a in zip(b["finding"], b["accepted"]):
+            counts.setdefault(str(f), Counter())["accepted" if a else "rejected"] += 1
+        _report(counts, len(todo), t0)
+
+    if todo:
+        bank = bank or build_bank(cfg, train_index, classifier_checkpoint)
+        if use_ray:
+            for attempt in range(1, cfg.augment.max_attempts + 1):
+                try:
+                    _run_ray(cfg, todo, train_index, bank, classifier_checkpoint, generator_checkpoint, generator_run, tally)
+                    break
+                except Exception as exc:  # a lost actor, node or task: resume from what the pool holds
+                    if attempt == cfg.augment.max_attempts:
+                        raise
+                    now_done = pool.done_ids()
+                    todo = [i for i in plan if i.item_id not in now_done]
+                    log.warning(
+                        "augment attempt %d/%d failed (%s: %s); resuming with %d items left",
+                        attempt, cfg.augment.max_attempts, type(exc).__name__, str(exc).splitlines()[0][:200], len(todo),
+                    )
+                    if not todo:
+                        break
+        else:
+            steps = [
+                RegisterStep(cfg, train_index, bank),
+                InpaintStep(cfg, generator_checkpoint),
+                GateStep(cfg, classifier_checkpoint, train_index),
+                WriteStep(cfg.augment.output, generator_run),
+            ]
+            _, secs = run_in_process(items_to_batches(todo, cfg.augment.batch_size), steps, tally)
+            stage_seconds = dict(zip(("register", "inpaint", "gate", "write"), secs))
+    summary = pool.finalize({r.image_index: r for r in train_index.records})
+    seconds = time.perf_counter() - t0
+    new = [r for r in pool.rows() if r.item_id not in done]
+    accepted = sum(r.accepted for r in new)
+    return AugmentResult(
+        pool=cfg.augment.output,
+        planned=len(plan),
+        skipped_done=len(done & {i.item_id for i in plan}),
+        processed=len(new),
+        summary=summary,
+        seconds=seconds,
+        throughput=len(new) / seconds if seconds > 0 else 0.0,
+        accepted_per_second=accepted / seconds if seconds > 0 else 0.0,
+        stage_seconds=stage_seconds,
+    )
+
+
+def _run_ray(cfg, todo, train_index, bank, classifier_ckpt, generator_ckpt, generator_run, on_batch) -> None:
+    import ray
+    import ray.data
+
+    from jobs.ray_utils import init_ray
+
+    init_ray(cfg)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    a = cfg.augment
+    threads = _threads(cfg)
+    ds = ray.data.from_items([i.to_dict() for i in todo], override_num_blocks=max(1, len(todo) // a.batch_size))
+    ds = ds.map_batches(
+        RegisterActor, fn_constructor_args=(threads, cfg, train_index, bank), **_actor_kwargs(cfg, a.register_actors)
+    )
+    ds = ds.map_batches(
+        InpaintActor, fn_constructor_args=(threads, cfg, generator_ckpt), **_actor_kwargs(cfg, a.inpaint_actors, gpu=True)
+    )
+    ds = ds.map_batches(
+        GateActor, fn_constructor_args=(threads, cfg, classifier_ckpt, train_index), **_actor_kwargs(cfg, a.gate_actors)
+    )
+    ds = ds.map_batches(WriteStep, fn_constructor_args=(a.output, generator_run), **_actor_kwargs(cfg, 1))
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        on_batch(b)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.augment", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/local.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--classifier", required=True, help="classifier checkpoint (path or MLflow URI)")
+    p.add_argument("--generator", required=True, help="generator checkpoint (path or MLflow URI)")
+    p.add_argument("--no-ray", action="store_true", help="run the steps in this process, without Ray")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from augment.data import prepare_data
+
+        _, split = prepare_data(cfg)
+        res = run_augment(cfg, split.train, args.classifier, args.generator, use_ray=not args.no_ray)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"pool {res.pool}: {res.processed} new items in {res.seconds:.1f} s ({res.throughput:.2f}/s); {res.summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
