@@ -114,10 +114,10 @@ def test_pipeline_via_ray_job_submit(head):
     assert r.returncode == 0, r.stdout + r.stderr
     job_id = next(w for line in r.stdout.splitlines() for w in line.split() if w.startswith("raysubmit_")).strip("'\"")
     status = ""
-    deadline = time.time() + 900
+    deadline = time.time() + 600
     while time.time() < deadline:
         s = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env, capture_output=True, text=True)
-        status = s.stdout
+        status = s.stdout + s.stderr  # the CLI prints the status through its logger (stderr)
         if any(k in status for k in ("SUCCEEDED", "FAILED", "STOPPED")):
             break
         time.sleep(5)
