@@ -181,6 +181,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
     p.add_argument("--quick", action="store_true", help="reduced: sizes 128/224 (1 batch at 380), 96 Ray images")
     p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--skip-sizes", action="store_true", help="keep the 'sizes' of an existing results file")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "classifier.json"))
     args = p.parse_args()
     if args.quick:
@@ -191,21 +192,34 @@ def main() -> int:
     load_before = os.getloadavg()
     results = {"machine": _machine(), "command": " ".join([Path(sys.executable).name] + sys.argv),
                "load_avg_before": [round(v, 2) for v in load_before], "sizes": []}
-    steps = dict(zip(args.sizes, args.steps + [args.steps[-1]] * len(args.sizes)))
-    for size in args.sizes:
-        for bf16 in ([False, True] if device.type == "cuda" else [False]):
-            r = bench_size(args.arch, size, args.batch, steps[size], device, bf16)
-            print(json.dumps(r), flush=True)
-            results["sizes"].append(r)
-    if not args.skip_ray:
-        with tempfile.TemporaryDirectory() as d:
-            r = bench_ray_overhead(args.arch, args.ray_images, args.val_images, 128, args.threads, Path(d))
-        print(json.dumps(r), flush=True)
-        results["ray_vs_plain"] = r
-    results["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+
+    def save() -> None:  # after every part, so that a failure later keeps what was measured
+        results["load_avg_after"] = [round(v, 2) for v in os.getloadavg()]
+        out.write_text(json.dumps(results, indent=2))
+
+    steps = dict(zip(args.sizes, args.steps + [args.steps[-1]] * len(args.sizes)))
+    if args.skip_sizes and out.is_file():
+        old = json.loads(out.read_text())
+        results["sizes"] = old.get("sizes", [])
+        results["sizes_from"] = {k: old.get(k) for k in ("command", "load_avg_before", "load_avg_after")}
+    for size in [] if args.skip_sizes else args.sizes:
+        for bf16 in ([False, True] if device.type == "cuda" else [False]):
+            r = bench_size(args.arch, size, args.batch, steps[size], device, bf16)
+            r["load_avg_1min"] = round(os.getloadavg()[0], 2)
+            print(json.dumps(r), flush=True)
+            results["sizes"].append(r)
+            save()
+    if not args.skip_ray:
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                r = bench_ray_overhead(args.arch, args.ray_images, args.val_images, 128, args.threads, Path(d))
+        except Exception as exc:  # keep the size figures; say what failed
+            r = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(r), flush=True)
+        results["ray_vs_plain"] = r
+    save()
     print(f"wrote {out}")
     return 0
 

@@ -42,7 +42,10 @@ def init_ray(cfg: RunConfig, address: str | None = None, **kwargs: Any) -> bool:
     num_gpus = kwargs.pop("num_gpus", None)
     if num_gpus is None and not cfg.resources.use_gpu:
         num_gpus = 0
+    # address="local": always a new instance. With no address ray.init would join any cluster
+    # that `ray start` left on this machine (/tmp/ray/ray_current_cluster), someone else's included.
     ray.init(
+        address="local",
         num_cpus=cfg.resources.num_cpus,
         num_gpus=num_gpus,
         # The dashboard serves Ray's state API, which Ray Train's placement-group cleaner

@@ -75,7 +75,7 @@ def setup(tmp_path_factory):
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)  # the state API finds the actor to kill
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)  # the state API finds the actor to kill
     yield ray
     ray.shutdown()
 
