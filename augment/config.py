@@ -157,7 +157,7 @@ class InpaintingConfig(StageConfig):
     label_dropout: float = Field(0.1, ge=0.0, le=1.0)
     mask_loss_weight: float = Field(10.0, ge=1.0, description="loss weight inside the mask relative to outside")
     finding_fraction: float = Field(
-        0.7, ge=0.0, le=1.0, description="share of training examples masked by a finding's mask (the rest: random blobs/boxes on healthy images)"
+        0.7, ge=0.0, le=1.0, description="share of training examples that paint a finding (the rest: healthy images, random or transplanted finding masks)"
     )
     train_steps: int = Field(800, ge=1, description="sized for the 15-minute CPU budget: ~1.1 s/step on one thread under load (crop 64, batch 8)")
     batch_size: int = Field(8, ge=1)

@@ -6,8 +6,12 @@ Training examples come in two kinds:
   that finding's mask (phantom ground truth by default, or any ``mask_fn``, e.g. an
   attention source); the network is conditioned on that finding (plus any other finding of
   the image whose mask overlaps it). It learns to paint the finding into the hole.
-* **healthy examples**: a healthy image masked by a random blob or box, conditioned on no
-  finding (all zeros). It learns to fill a hole with plausible healthy tissue.
+* **healthy examples**: a healthy image masked by a random blob or box, or (half of them)
+  by a finding's mask taken from another image, conditioned on no finding (all zeros). It
+  learns to fill a hole with plausible healthy tissue; since finding-shaped holes occur
+  with and without the finding, the mask's shape does not give the label away and the
+  network has to use the label (measured: without this, conditioning on the finding or on
+  nothing gave the same fills).
 
 Each example is cropped around its mask exactly as at sampling time (with a random margin
 and shift), so the network sees the same crop statistics. Label dropout replaces the
@@ -52,6 +56,9 @@ __all__ = [
     "fit_generator",
     "preview_inputs",
 ]
+
+HEALTHY_FINDING_MASK_SHARE = 0.5
+"""Share of healthy examples masked with a finding's mask (transplanted) instead of a random blob/box."""
 
 MaskFn = Callable[[Record, torch.Tensor, str], "np.ndarray | torch.Tensor | None"]
 """mask_fn(record, image (1, 1, S, S) in [0, 1], finding) -> (H, W) mask in [0, 1], or None."""
@@ -264,7 +271,15 @@ def sample_batch(
     if n_h:
         pick = data.healthy_rows[torch.randint(data.healthy_rows.numel(), (n_h,), generator=generator)]
         x[~use_finding] = data.images[pick]
-        m[~use_finding] = random_masks(n_h, s, generator)
+        hm = random_masks(n_h, s, generator)
+        if data.masks.shape[0]:
+            # Half of the healthy examples get a finding's mask from another image: the mask's
+            # shape must not give the finding away, or the network learns to ignore the label.
+            swap = torch.rand(n_h, generator=generator) < HEALTHY_FINDING_MASK_SHARE
+            k = int(swap.sum())
+            if k:
+                hm[swap] = data.masks[torch.randint(data.masks.shape[0], (k,), generator=generator)]
+        m[~use_finding] = hm
     jitter = torch.rand(b, 3, generator=generator)  # margin up to doubled, random shift
     boxes = mask_boxes(m, cfg.crop_size, cfg.context, jitter=jitter)
     x1 = to_model_space(crop(x, boxes, cfg.crop_size))

@@ -100,3 +100,13 @@ def test_fit_generator_on_phantom_ground_truth(tmp_path):
     assert (res.start_step, res.end_step) == (5, 8)
     imgs, masks, f = preview_inputs(ts, 2, torch.Generator().manual_seed(0))
     assert f.sum(1).min() >= 1
+
+
+def test_healthy_examples_also_get_finding_shaped_masks(folder):
+    ts = build_training_set(folder, 32, mask_fn=box_mask_fn)
+    cfg = InpaintingConfig(**{**TINY, "finding_fraction": 0.0, "batch_size": 40, "crop_size": 32})
+    b = sample_batch(ts, cfg, torch.Generator().manual_seed(0))
+    assert b.cond.findings.sum() == 0  # all healthy: no label
+    # crop_size 32 on 32-pixel images: boxes are the whole image, so crop masks are the masks
+    finding_shaped = sum(any(torch.equal(m, fm.float()) for fm in ts.masks) for m in b.cond.mask)
+    assert 10 < finding_shaped < 30  # about half (HEALTHY_FINDING_MASK_SHARE)

@@ -38,7 +38,7 @@ def test_ray_train_generator_fails_resumes_and_logs(tmp_path):
     root = generate_phantom(PhantomConfig(n_images=12, image_size=64, seed=2, healthy_fraction=0.3), tmp_path / "ph", progress=False)
     index = load_index(root)
     out = tmp_path / "gen"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join a stray cluster
     try:
         first = train_generator(_cfg(tmp_path, 4), index, out, fail_after_step=3)
         assert first.resumed_from_step == 2  # the worker failed after step 3 and resumed from step 2's checkpoint
