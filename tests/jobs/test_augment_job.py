@@ -75,8 +75,9 @@ def setup(tmp_path_factory):
 def ray_local():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)  # the state API finds the actor to kill
-    yield ray
+    # the dashboard serves the state API that finds the actor to kill
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
+    yield f"http://{ctx.dashboard_url}"
     ray.shutdown()
 
 
@@ -175,7 +176,7 @@ def test_killed_inpaint_actor_loses_and_duplicates_nothing(setup, tmp_path, ray_
     while t.is_alive() and time.time() < deadline and killed is None:
         items = list((pool / "items").glob("*.json")) if (pool / "items").is_dir() else []
         if items:
-            for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True):
+            for a in list_actors(address=ray_local, filters=[("state", "=", "ALIVE")], detail=True):
                 if "InpaintActor" in (a.class_name or "") and a.pid:
                     os.kill(a.pid, signal.SIGKILL)
                     killed = a.pid
