@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from augment.config import ConfigError, InpaintingConfig, RunConfig, load_config
+from augment.data.io import atomic_torch_save
 from augment.data.nih import NIHIndex
 
 log = logging.getLogger("cxr.train_generator")
@@ -118,18 +119,6 @@ def _load_state(config: dict[str, Any]) -> dict[str, Any] | None:
             return state
         log.warning("%s was trained with another network (%s); starting afresh", p, state.get("arch"))
     return None
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -228,7 +217,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics = {"step": step, "loss": loss}
             if rank == 0:
                 state = snapshot(step)
-                _atomic_save(state, out / STATE_NAME)
+                atomic_torch_save(state, out / STATE_NAME)
                 grid(step)
                 with tempfile.TemporaryDirectory() as d:
                     torch.save(state, Path(d) / STATE_NAME)
@@ -245,7 +234,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     final = {"step": max(total, start), "final": 1, "resumed_from_step": -1 if state is None else start}
     if rank == 0:
         st = snapshot(max(total, start))
-        _atomic_save(st, out / STATE_NAME)
+        atomic_torch_save(st, out / STATE_NAME)
         grid(max(total, start))
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / CHECKPOINT_NAME, ema_copy(model, ema), icfg,

@@ -10,11 +10,12 @@ MLflow URI (``runs:/<run id>/model``, ``models:/<name>/<version>``, ...) with
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from augment.data.io import atomic_torch_save
 from torch import nn
 
 from augment import __version__
@@ -64,17 +65,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ClassifierCo
         "augment_version": __version__,
         "extra": extra or {},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_torch_save(payload, p)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "encode_png",
     "write_png",
     "atomic_write_bytes",
+    "atomic_torch_save",
     "to_batch",
     "validate_batch",
 ]
@@ -148,6 +149,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write_bytes`: a crash never leaves half a checkpoint."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def write_png(path: str | os.PathLike, arr: np.ndarray | torch.Tensor, bits: int = 8) -> Path:

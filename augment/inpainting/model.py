@@ -24,12 +24,13 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ContextManager
 
 import torch
+
+from augment.data.io import atomic_torch_save
 from torch import nn
 
 from augment.config import InpaintingConfig
@@ -275,17 +276,7 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_torch_save(payload, p)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
