@@ -170,8 +170,6 @@ def _augment_stage(
             })
             rows = PoolWriter(pool_uri).rows()
             if rows and "://" not in pool_uri:
-                from augment.data.io import read_image
-
                 root = Path(pool_uri)
                 pick = [r for r in rows if r.accepted][:8] + [r for r in rows if not r.accepted][:4]
                 imgs = [read_image(root / ("images" if r.accepted else "rejected") / r.image) for r in pick]
