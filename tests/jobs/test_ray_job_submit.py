@@ -42,8 +42,11 @@ def _env(token: str, tmp: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def head(tmp_path):
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    # one head for the module: a second head started right after the first was stopped
+    # was seen to receive the first one's shutdown (its raylet got SIGTERM)
+    tmp_path = tmp_path_factory.mktemp("head")
     token = secrets.token_hex(32)
     env = _env(token, tmp_path)
     (tmp_path / "home").mkdir()
