@@ -82,6 +82,11 @@ def head(tmp_path_factory):
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+    # `ray start` recorded this head as the machine's current cluster; a later ray.init()
+    # without an address must not try to join it once it is gone
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.is_file() and current.read_text().strip().endswith(f":{gcs}"):
+        current.unlink(missing_ok=True)
 
 
 def test_client_without_token_is_refused(head):

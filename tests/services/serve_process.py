@@ -59,6 +59,9 @@ def write_serve_config(path: Path, profile: Path, port: int, generator: dict | N
 def serve_env(api_token: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env.update(
+        # a Ray of its own: with no address `serve run` joins whatever cluster
+        # /tmp/ray/ray_current_cluster names, a stopped one or someone else's included
+        RAY_ADDRESS="local",
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(24),
         CXR_API_TOKEN=api_token,
