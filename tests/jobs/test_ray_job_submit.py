@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -120,12 +121,14 @@ def test_pipeline_via_ray_job_submit(head):
             break
         time.sleep(3)
     assert r.returncode == 0, r.stdout + r.stderr
-    job_id = next(w for line in r.stdout.splitlines() for w in line.split() if w.startswith("raysubmit_")).strip("'\"")
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", r.stdout + r.stderr).group(0)  # the CLI colours its output
     status = ""
     deadline = time.time() + 600
     while time.time() < deadline:
         s = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env, capture_output=True, text=True)
-        status = (s.stdout + s.stderr).lower()  # e.g. "Job 'raysubmit_...' succeeded"
+        # the CLI's verdict line: "Job 'raysubmit_...' succeeded" (or failed / was stopped)
+        lines = [ln.lower() for ln in (s.stdout + s.stderr).splitlines() if f"'{job_id}'" in ln]
+        status = "\n".join(lines)
         if any(k in status for k in ("succeeded", "failed", "stopped")):
             break
         time.sleep(5)
