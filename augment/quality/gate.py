@@ -9,9 +9,10 @@ A synthetic image is accepted when all of these hold (each is recorded with its 
 * ``rise``: the classifier's probability of each target finding rose by at least
   ``margin`` over the healthy source (the source paper's criterion); with several target
   findings the smallest rise counts;
-* ``not a near-copy``: the nearest training image (source excluded) is at least
-  ``min_pixel_distance`` away in RMS over the mask, and at least
-  ``min_embedding_distance`` away in cosine distance of classifier embeddings
+* ``not a near-copy``: the nearest training image (the source's patient excluded) is at
+  least ``min_pixel_distance`` away in RMS over the mask, and at least
+  min(``min_embedding_distance``, the ``near_copy_quantile`` of real-to-real distances
+  between different patients) away in cosine distance of classifier embeddings
   (see :mod:`augment.quality.memorisation`; skipped, and recorded as None, without a bank).
 
 The classifier comes in as callables, so the gate does not depend on its internals.
@@ -171,6 +172,10 @@ def evaluate_gate(
                 emb = torch.as_tensor(embed_fn(classifier_input)).float().cpu()
         nn = bank.nearest(classifier_input, m, emb, exclude=source_ids)
     tmask = targets.detach().cpu() > 0.5
+    emb_threshold = cfg.min_embedding_distance
+    floor = None if bank is None else bank.embedding_floor(cfg.near_copy_quantile)
+    if floor is not None:
+        emb_threshold = min(emb_threshold, floor)
     out: list[GateDecision] = []
     for i in range(b):
         idx = torch.nonzero(tmask[i]).flatten().tolist()
@@ -196,7 +201,7 @@ def evaluate_gate(
                     reasons.append("pixel_near_copy")
             if nn.embedding_distance is not None and int(nn.embedding_index[i]) >= 0:
                 ed, eid = float(nn.embedding_distance[i]), bank.ids[int(nn.embedding_index[i])]
-                if ed < cfg.min_embedding_distance:
+                if ed < emb_threshold:
                     reasons.append("embedding_near_copy")
         out.append(
             GateDecision(

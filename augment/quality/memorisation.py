@@ -5,8 +5,16 @@ would only find the source again. The pixel distance is therefore measured **ins
 repainted region**: the RMS difference, over the mask's pixels, between the synthetic
 image and each training image (at ``bank_image_size``), i.e. "did the generator paste in a
 training image's content at this place?". The embedding distance is the cosine distance of
-classifier embeddings (whole image). The synthetic image's own source is excluded from
-both searches (by id), since it shares every pixel outside the mask by construction.
+classifier embeddings (whole image). The synthetic image's own source, and every other
+image of the source's patient (NIH follow-ups of one chest), are excluded from both
+searches, since they share the image outside the mask by construction.
+
+Whole-image embeddings of radiographs are close to one another anyway, so a fixed cosine
+threshold flags ordinary images as copies. :attr:`TrainingBank.real_embedding_nn` holds
+each bank image's nearest neighbour among the *other patients'* images: the gate compares a
+synthetic image with a low quantile of these real-to-real distances
+(:meth:`TrainingBank.embedding_floor`), i.e. "closer to a training image than real
+radiographs of different patients ever are".
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EmbedFn", "NearestNeighbours", "TrainingBank"]
+__all__ = ["EmbedFn", "NearestNeighbours", "TrainingBank", "patient_of"]
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 """embed_fn(images (B, 1, H, W) in [0, 1]) -> (B, D) embeddings."""
@@ -40,6 +48,16 @@ class NearestNeighbours:
     embedding_index: torch.Tensor | None
 
 
+def patient_of(image_id: str) -> str:
+    """The patient part of an NIH ``Image Index`` (``00000013_005.png`` -> ``00000013``).
+
+    Ids without the ``<patient>_<follow-up>`` form are their own patient.
+    """
+    stem = image_id.rsplit(".", 1)[0]
+    head, sep, tail = stem.rpartition("_")
+    return head if sep and head and tail.isdigit() else stem
+
+
 def _downsample(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x.float()
@@ -55,12 +73,25 @@ class TrainingBank:
         pixels: (N, size*size) float32 in [0, 1].
         embeddings: (N, D) L2-normalised, or None.
         size: side length of the stored images.
+        real_embedding_nn: (N,) cosine distance from each bank image to its nearest bank
+            image of another patient (None without embeddings or with one patient).
     """
 
     ids: tuple[str, ...]
     pixels: torch.Tensor
     embeddings: torch.Tensor | None
     size: int
+    real_embedding_nn: torch.Tensor | None = None
+
+    @property
+    def patients(self) -> tuple[str, ...]:
+        return tuple(patient_of(i) for i in self.ids)
+
+    def embedding_floor(self, quantile: float) -> float | None:
+        """The ``quantile`` of real-to-real (other-patient) nearest-neighbour cosine distances."""
+        if self.real_embedding_nn is None or self.real_embedding_nn.numel() == 0:
+            return None
+        return float(torch.quantile(self.real_embedding_nn, quantile))
 
     @classmethod
     def build(
@@ -90,7 +121,15 @@ class TrainingBank:
             with torch.no_grad():
                 emb = torch.cat([embed_fn(images[i : i + batch_size]).float().cpu() for i in range(0, images.shape[0], batch_size)])
             emb = F.normalize(emb, dim=1)
-        return cls(ids=tuple(ids), pixels=pixels.cpu(), embeddings=emb, size=size)
+        real_nn = None
+        if emb is not None:
+            pat = [patient_of(i) for i in ids]
+            codes = {p: k for k, p in enumerate(dict.fromkeys(pat))}
+            if len(codes) > 1:
+                c = torch.tensor([codes[p] for p in pat])
+                cd = (1.0 - emb @ emb.T).masked_fill(c[:, None] == c[None, :], float("inf"))
+                real_nn = cd.min(dim=1).values
+        return cls(ids=tuple(ids), pixels=pixels.cpu(), embeddings=emb, size=size, real_embedding_nn=real_nn)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,9 +140,15 @@ class TrainingBank:
             return out
         if len(exclude) != b:
             raise ValueError(f"got {len(exclude)} exclude ids for a batch of {b}")
+        rows: dict[str, list[int]] = {}
+        for i, p in enumerate(self.patients):
+            rows.setdefault(p, []).append(i)
         where = {k: i for i, k in enumerate(self.ids)}
         for j, e in enumerate(exclude):
-            if e is not None and e in where:
+            if e is None:
+                continue
+            out[j, rows.get(patient_of(e), [])] = True
+            if e in where:
                 out[j, where[e]] = True
         return out
 
@@ -121,7 +166,8 @@ class TrainingBank:
             masks: (B, 1, H, W); the pixel distance is taken over these pixels (whole image
                 when None or empty).
             embeddings: (B, D) of the queries (needed for the embedding distance).
-            exclude: per query, an id to skip (its healthy source) or None.
+            exclude: per query, its healthy source's id (that image and the other images
+                of its patient are skipped) or None.
         """
         b = images.shape[0]
         q = _downsample(images.cpu(), self.size).flatten(1)  # (B, P)
