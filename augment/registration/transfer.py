@@ -5,6 +5,14 @@ the healthy image, pulls the reference's attention map through the same field
 (bilinear), thresholds it at ``cfg.mask_threshold`` and keeps only the part inside the
 healthy image's body mask (:func:`augment.registration.body.body_mask`), so the region to
 repaint never falls outside the patient.
+
+Demons matches intensities, so it will happily *register the finding away*: a bright
+effusion on the reference is squeezed until it looks like the healthy image's diaphragm,
+and the map shrinks with it. With ``cfg.fill_lesion`` (the default) the reference's
+finding region is first filled from its surroundings (:func:`fill_region`, normalised
+Gaussian convolution; the "pathology filling" used to register diseased brains to atlases),
+Demons aligns the anatomy only, and the same field then carries the *original* reference
+and its map: ``registration.warped`` shows the finding where the mask now lies.
 """
 
 from __future__ import annotations
@@ -16,9 +24,14 @@ import torch
 from augment.config import RegistrationConfig
 from augment.registration.body import body_mask
 from augment.registration.checks import check_map, check_pair
-from augment.registration.api import Registration, register, warp_map
+from dataclasses import replace
 
-__all__ = ["RegionTransfer", "transfer_region"]
+import torch.nn.functional as F
+
+from augment.registration.api import Registration, register, warp_map
+from augment.registration.smoothing import gaussian_blur
+
+__all__ = ["RegionTransfer", "fill_region", "transfer_region"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,34 @@ class RegionTransfer:
     body: torch.Tensor
     outside_fraction: torch.Tensor
     registration: Registration
+
+
+def fill_region(image: torch.Tensor, region: torch.Tensor, sigma: float | None = None, grow: int = 2) -> torch.Tensor:
+    """Replace ``region`` of each image by a smooth fill from the pixels around it.
+
+    Args:
+        image: (B, 1, H, W) float.
+        region: (B, 1, H, W) bool, or a map in [0, 1] (``>= 0.5`` is the region).
+        sigma: Gaussian width of the fill, pixels (default 8% of the side, at least 3).
+        grow: the region is dilated by this many pixels first (a finding's rim is part of it).
+
+    Returns:
+        (B, 1, H, W): ``image`` outside the (grown) region, the normalised convolution
+        ``blur(image * keep) / blur(keep)`` inside it (the image mean where no known pixel is near).
+    """
+    m = (region >= 0.5) if region.dtype != torch.bool else region
+    m = m.float()
+    if grow > 0:
+        m = F.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)
+    if not bool(m.any()):
+        return image
+    sigma = sigma or max(3.0, 0.08 * max(image.shape[-2:]))
+    keep = 1.0 - m
+    num = gaussian_blur(image * keep, sigma)
+    den = gaussian_blur(keep, sigma)
+    mean = (image * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp_min(1.0)
+    fill = torch.where(den > 1e-3, num / den.clamp_min(1e-3), mean.view(-1, 1, 1, 1).expand_as(image))
+    return torch.where(m > 0, fill.clamp(0.0, 1.0), image)
 
 
 def transfer_region(
@@ -68,7 +109,12 @@ def transfer_region(
     cfg = cfg or RegistrationConfig()
     healthy, reference = check_pair(healthy, reference)
     reference_map = check_map(reference_map, reference, "reference_map")
-    reg = register(healthy, reference, cfg, generator=generator)
+    if cfg.fill_lesion:
+        filled = fill_region(reference, reference_map >= cfg.mask_threshold)
+        reg = register(healthy, filled, cfg, generator=generator)
+        reg = replace(reg, warped=warp_map(reference, reg))  # the finding itself, carried by the anatomy's field
+    else:
+        reg = register(healthy, reference, cfg, generator=generator)
     warped = warp_map(reference_map, reg)
     body = body_mask(healthy)
     raw = warped >= cfg.mask_threshold

@@ -70,7 +70,8 @@ def test_transfer_carries_a_known_shift():
     healthy = warp_image(img, shift)  # healthy(x) = reference(x + 3)
     amap = torch.zeros(1, 1, 64, 64)
     amap[:, :, 20:40, 20:30] = 1.0
-    cfg = RegistrationConfig(iterations=60, prealign="none", sigma_field=2.0, pyramid_levels=1)
+    # the map here is plain anatomy (no finding to fill in): the field alone is under test
+    cfg = RegistrationConfig(iterations=60, prealign="none", sigma_field=2.0, pyramid_levels=1, fill_lesion=False)
     out = transfer_region(healthy, img, amap, cfg)
     expected = warp_image(amap, shift) >= 0.5
     overlap = (out.mask & expected).sum() / (out.mask | expected).sum()
@@ -139,3 +140,33 @@ def test_choose_references_bad_input(real_images, finding, labels, words):
     with pytest.raises(ValueError) as info:
         choose_references(imgs[1:2], imgs, labels, finding)
     assert words in str(info.value)
+
+
+def test_fill_region_replaces_only_the_region_from_its_surroundings():
+    from augment.registration.transfer import fill_region
+
+    img = torch.full((1, 1, 32, 32), 0.3)
+    img[:, :, 12:20, 12:20] = 0.9  # a bright lesion on a flat background
+    region = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    region[:, :, 12:20, 12:20] = True
+    out = fill_region(img, region, grow=1)
+    assert torch.allclose(out[:, :, 12:20, 12:20], torch.full((1, 1, 8, 8), 0.3), atol=1e-4)
+    assert torch.equal(out[:, :, :10], img[:, :, :10])
+    assert torch.equal(fill_region(img, torch.zeros_like(region)), img)
+
+
+def test_filling_the_finding_keeps_it_from_being_registered_away():
+    """A bright 'effusion' at the base of the reference's left lung, absent from the healthy
+    image: Demons on the raw pair shrinks it into the healthy anatomy; with the region filled
+    first, the field aligns the anatomy and the warped reference still shows the finding."""
+    healthy, _ = _phantom(64)
+    reference = healthy.clone()
+    amap = torch.zeros(1, 1, 64, 64)
+    amap[:, :, 34:44, 10:22] = 1.0
+    reference[amap > 0] = 0.8
+    inside = warp_image(amap, torch.zeros(1, 2, 64, 64)) > 0.5
+    cfg = RegistrationConfig(iterations=60, prealign="none", pyramid_levels=1)
+    kept = transfer_region(healthy, reference, amap, cfg).registration.warped[inside].mean()
+    lost = transfer_region(healthy, reference, amap, cfg.model_copy(update={"fill_lesion": False})).registration.warped[inside].mean()
+    assert kept > 0.7  # the finding is still there, where the map says
+    assert kept > lost + 0.03
