@@ -246,6 +246,17 @@ class TrainBatch:
     cond: Conditioning
 
 
+def _pick_masks(data: GeneratorTrainingSet, n: int, how: str, generator: torch.Generator | None) -> torch.Tensor:
+    """``n`` rows of ``data.masks``: uniform over masks, or (balanced) uniform over findings first,
+    so that a rare finding (the ones augmentation is for) is trained on as often as a common one."""
+    if how == "proportional":
+        return torch.randint(data.masks.shape[0], (n,), generator=generator)
+    counts = data.mask_findings.sum(0).clamp(min=1.0)
+    weights = (data.mask_findings / counts).amax(dim=1)  # a mask counts for its rarest finding
+    weights = torch.where(weights > 0, weights, torch.ones_like(weights) / counts.max())
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
 def sample_batch(
     data: GeneratorTrainingSet,
     cfg: InpaintingConfig,
@@ -263,7 +274,7 @@ def sample_batch(
     lab = torch.zeros(b, len(FINDINGS))
     n_f = int(use_finding.sum())
     if n_f:
-        pick = torch.randint(data.masks.shape[0], (n_f,), generator=generator)
+        pick = _pick_masks(data, n_f, cfg.finding_sampling, generator)
         x[use_finding] = data.images[data.mask_rows[pick]]
         m[use_finding] = data.masks[pick]
         lab[use_finding] = data.mask_findings[pick]

@@ -1,5 +1,7 @@
 """Training data: finding masks, random masks, batches, and the loop on a tiny phantom set."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,18 @@ def test_healthy_examples_also_get_finding_shaped_masks(folder):
     # crop_size 32 on 32-pixel images: boxes are the whole image, so crop masks are the masks
     finding_shaped = sum(any(torch.equal(m, fm.float()) for fm in ts.masks) for m in b.cond.mask)
     assert 10 < finding_shaped < 30  # about half (HEALTHY_FINDING_MASK_SHARE)
+
+
+def test_balanced_sampling_draws_rare_findings_as_often_as_common_ones():
+    from augment.inpainting.train import _pick_masks
+
+    n_common, n_rare = 90, 10
+    mf = torch.zeros(n_common + n_rare, 14)
+    mf[:n_common, 0] = 1
+    mf[n_common:, 5] = 1
+    data = SimpleNamespace(mask_findings=mf, masks=torch.zeros(n_common + n_rare, 1, 4, 4, dtype=torch.bool))
+    g = torch.Generator().manual_seed(0)
+    rare_share = (_pick_masks(data, 4000, "balanced", g) >= n_common).float().mean()
+    assert abs(float(rare_share) - 0.5) < 0.05
+    rare_share = (_pick_masks(data, 4000, "proportional", g) >= n_common).float().mean()
+    assert abs(float(rare_share) - 0.1) < 0.03
