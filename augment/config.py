@@ -30,6 +30,7 @@ __all__ = [
     "DataConfig",
     "RegistrationConfig",
     "InpaintingConfig",
+    "BaselineConfig",
     "ClassifierConfig",
     "AttentionConfig",
     "QualityConfig",
@@ -135,6 +136,10 @@ class RegistrationConfig(StageConfig):
     pyramid_levels: int = Field(2, ge=1, le=6)
     tolerance: float = Field(0.0, ge=0.0, description="stop when the RMS field change falls under it (0 = run all)")
     prealign: Literal["none", "similarity", "affine"] = "similarity"
+    fill_lesion: bool = Field(
+        True, description="fill the reference's finding region from its surroundings before Demons, so that the field "
+        "aligns anatomy instead of registering the finding away (the map and the original reference follow that field)"
+    )
     k_references: int = Field(3, ge=1)
     reference_metric: Literal["ncc", "embedding"] = "ncc"
     mask_threshold: float = Field(0.5, gt=0.0, lt=1.0)
@@ -154,10 +159,17 @@ class InpaintingConfig(StageConfig):
     layers_per_block: int = Field(1, ge=1, le=4)
     mid_attention: bool = Field(True, description="self-attention in the UNet's middle block")
     gamma: float = Field(0.0, ge=0.0, description="latent noise scale of the interpolant")
+    label_planes: bool = Field(
+        True, description="also feed the findings as 14 input planes inside the mask (besides the class embedding): "
+        "a direct, per-pixel label pathway that the short CPU budget learns; the embedding alone was ignored"
+    )
     label_dropout: float = Field(0.1, ge=0.0, le=1.0)
     mask_loss_weight: float = Field(10.0, ge=1.0, description="loss weight inside the mask relative to outside")
     finding_fraction: float = Field(
         0.7, ge=0.0, le=1.0, description="share of training examples that paint a finding (the rest: healthy images, random or transplanted finding masks)"
+    )
+    finding_sampling: Literal["balanced", "proportional"] = Field(
+        "balanced", description="finding examples: balanced = each finding equally often (rare ones too); proportional = as in the data"
     )
     train_steps: int = Field(800, ge=1, description="sized for the 15-minute CPU budget: ~1.1 s/step on one thread under load (crop 64, batch 8)")
     batch_size: int = Field(8, ge=1)
@@ -172,6 +184,28 @@ class InpaintingConfig(StageConfig):
     bf16: bool = True
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class BaselineConfig(StageConfig):
+    """Baseline generators (LSGAN, VAE, GMVAE; :mod:`augment.baselines`), compared with the inpainter.
+
+    They sample a whole ``inpainting.crop_size`` crop of a finding (no inpainting) that is
+    pasted into the mask; crops are drawn as for the flow model (``inpainting.context``,
+    ``inpainting.finding_fraction``).
+    """
+
+    kind: Literal["lsgan", "vae", "gmvae"] = Field("vae", description="which baseline jobs.train_generator --generator trains by default")
+    latent_dim: int = Field(64, ge=1, le=4096, description="z size of the generator / VAE")
+    base_channels: int = Field(32, ge=4, le=512, description="width of the first (generator: last) conv level; doubles per level, capped at 512")
+    beta: float = Field(1.0, ge=0.0, description="weight of the KL term (VAE, GMVAE); 1 = the ELBO")
+    reconstruction: Literal["bce", "mse"] = Field("bce", description="VAE likelihood: Bernoulli (BCE) or unit Gaussian (MSE, halved)")
+    mixture_components: int = Field(10, ge=1, le=1024, description="GMVAE: Gaussians in the learned mixture prior")
+    g_steps_per_d: int = Field(2, ge=1, le=100, description="LSGAN: generator updates per discriminator update")
+    lr: float = Field(2e-4, gt=0.0, description="Adam, betas (0.5, 0.999) (the paper's LSGAN setting)")
+    train_steps: int = Field(2000, ge=1, description="LSGAN: discriminator steps; VAE: optimiser steps")
+    batch_size: int = Field(32, ge=2, description="crops per step (>= 2 for batch norm)")
+    sample_every: int = Field(500, ge=1, description="steps between sample grids logged to MLflow")
+    seed: int = 0
 
 
 class ClassifierConfig(StageConfig):
@@ -224,7 +258,14 @@ class QualityConfig(StageConfig):
     margin: float = Field(0.05, ge=0.0, le=1.0, description="required rise of the target probability")
     outside_tolerance: float = Field(1e-6, ge=0.0)
     min_pixel_distance: float = Field(0.01, ge=0.0, description="RMS distance to the nearest training image")
-    min_embedding_distance: float = Field(0.02, ge=0.0, description="cosine distance to the nearest training embedding")
+    min_embedding_distance: float = Field(
+        0.02, ge=0.0, description="cosine distance to the nearest training embedding (capped by near_copy_quantile)"
+    )
+    near_copy_quantile: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="embedding near-copy threshold = min(min_embedding_distance, this quantile of the real-to-real "
+        "other-patient nearest-neighbour distances of the training bank)",
+    )
     bank_image_size: int = Field(64, ge=8, le=1024, description="side length training images are kept at for the pixel nearest-neighbour check")
 
 
@@ -315,6 +356,7 @@ class RunConfig(StageConfig):
     data: DataConfig = DataConfig()
     registration: RegistrationConfig = RegistrationConfig()
     inpainting: InpaintingConfig = InpaintingConfig()
+    baseline: BaselineConfig = BaselineConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     attention: AttentionConfig = AttentionConfig()
     quality: QualityConfig = QualityConfig()

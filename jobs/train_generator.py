@@ -4,6 +4,7 @@ Run it on its own::
 
     python -m jobs.train_generator --config configs/local.yaml --set inpainting.train_steps=20
     ray job submit --working-dir . -- python -m jobs.train_generator --config configs/local.yaml
+    python -m jobs.train_generator --generator vae --set baseline.train_steps=500   # a baseline: jobs/train_baseline.py
 
 or in-process from the pipeline: :func:`train_generator`. The loop is
 :func:`augment.inpainting.train.fit_generator` (plain PyTorch); this module adds Ray Train
@@ -43,7 +44,7 @@ __all__ = ["TrainedGenerator", "train_generator", "train_loop_per_worker", "defa
 CHECKPOINT_NAME = "generator.pt"
 STATE_NAME = "generator_state.pt"
 # Settings that shape the network: a saved state is only resumed when they match.
-_ARCH_KEYS = ("crop_size", "block_out_channels", "layers_per_block", "mid_attention")
+_ARCH_KEYS = ("crop_size", "block_out_channels", "layers_per_block", "mid_attention", "label_planes")
 
 
 @dataclass(frozen=True)
@@ -402,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one config key, e.g. --set inpainting.train_steps=20 (repeatable)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri)")
     parser.add_argument("--parent-run-id", default=None, help="make the MLflow run a child of this run")
-    parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/generator)")
+    parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/generator, baselines <output_dir>/generator-<kind>)")
+    parser.add_argument("--generator", default="flow", choices=("flow", "lsgan", "vae", "gmvae"),
+                        help="flow: the flow-matching inpainter under Ray Train (default); lsgan, vae, gmvae: a baseline "
+                             "(settings under baseline.*), trained in-process by jobs.train_baseline")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
@@ -418,10 +422,17 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError) as exc:
         print(f"data: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(cfg.output_dir) / "generator"
-    trained = train_generator(cfg, split.train, out, args.parent_run_id)
+    if args.generator != "flow":
+        from jobs.train_baseline import baseline_out_dir, train_baseline
+
+        out = Path(args.out) if args.out else baseline_out_dir(cfg, args.generator)
+        trained = train_baseline(cfg, split.train, out, args.generator, args.parent_run_id)
+    else:
+        out = Path(args.out) if args.out else Path(cfg.output_dir) / "generator"
+        trained = train_generator(cfg, split.train, out, args.parent_run_id)
     tail = trained.losses[-max(len(trained.losses) // 10, 1):] if trained.losses else []
     summary = {
+        "generator": args.generator,
         "checkpoint": str(trained.checkpoint_path),
         "mlflow_run_id": trained.run_id,
         "steps": len(trained.losses),

@@ -135,7 +135,7 @@ class VelocityNet(nn.Module):
         n = len(boc)
         self.unet = UNet2DModel(
             sample_size=cfg.crop_size,
-            in_channels=IN_CHANNELS,
+            in_channels=IN_CHANNELS + (N_FINDINGS if cfg.label_planes else 0),
             out_channels=1,
             block_out_channels=tuple(boc),
             layers_per_block=cfg.layers_per_block,
@@ -159,6 +159,15 @@ class VelocityNet(nn.Module):
         lab = torch.cat([findings * keep, null.to(findings.dtype).unsqueeze(1)], dim=1)
         return self.label_proj(lab)
 
+    @staticmethod
+    def label_planes(findings: torch.Tensor, null: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 14) multi-hot -> (B, 14, S, S): each finding's flag inside the mask, zero outside
+        and for the unconditional (null) branch. Tells every pixel of the hole what to paint."""
+        f = findings
+        if null is not None:
+            f = f * (~null).to(f.dtype).unsqueeze(1)
+        return f[:, :, None, None] * mask
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Velocity at (x_t, t).
 
@@ -178,7 +187,10 @@ class VelocityNet(nn.Module):
         t = t.reshape(-1).to(x_t.device, torch.float32)
         if t.numel() == 1:
             t = t.expand(b)
-        sample = torch.cat([x_t, cond.mask.to(x_t.dtype), cond.known.to(x_t.dtype), cond.coords.to(x_t.dtype)], dim=1)
+        parts = [x_t, cond.mask.to(x_t.dtype), cond.known.to(x_t.dtype), cond.coords.to(x_t.dtype)]
+        if self.cfg.label_planes:
+            parts.append(self.label_planes(cond.findings.to(x_t.dtype), cond.null, cond.mask.to(x_t.dtype)))
+        sample = torch.cat(parts, dim=1)
         emb = self.label_embedding(cond.findings.to(x_t.dtype), cond.null)
         out = self.unet(sample, t * TIME_SCALE, class_labels=emb).sample
         return out.float()
@@ -303,10 +315,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VelocityNet:
-    """Rebuild the network from a checkpoint (config included) and load its weights, in eval mode."""
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the network from a checkpoint (config included) and load its weights, in eval mode.
+
+    A checkpoint whose ``kind`` is a baseline (``"lsgan"``, ``"vae"``, ``"gmvae"``) gives that
+    :class:`~augment.baselines.BaselineGenerator`; :func:`~augment.inpainting.inpaint` accepts both.
+    """
     payload = load_checkpoint(path, map_location)
-    cfg = InpaintingConfig.model_validate(payload["config"])
+    if payload.get("kind", "flow") != "flow":
+        from augment.baselines.base import baseline_from_payload  # lazy: augment.baselines imports this package
+
+        return baseline_from_payload(payload, path).to(map_location).eval()
+    config = dict(payload["config"])
+    config.setdefault("label_planes", False)  # checkpoints from before the option had none
+    cfg = InpaintingConfig.model_validate(config)
     model = VelocityNet(cfg)
     model.load_state_dict(payload["state_dict"])
     return model.to(map_location).eval()
