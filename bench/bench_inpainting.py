@@ -214,15 +214,25 @@ def bench_gpu(icfg: InpaintingConfig) -> dict:
     return out
 
 
-def bench_acceptance(cfg_path: str | None, classifier: str, generator: str, step_counts: list[int], n: int, threads: int) -> dict:
-    """Gate acceptance of generated images per step count, against copy-paste and noise baselines."""
+def bench_acceptance(
+    cfg_path: str | None,
+    classifier: str,
+    generator: str,
+    step_counts: list[int],
+    n: int,
+    threads: int,
+    findings: list[str] | None = None,
+    others: dict[str, str] | None = None,
+) -> dict:
+    """Gate acceptance of generated images per step count, against copy-paste and noise baselines
+    (and against other generators' checkpoints, e.g. the LSGAN / VAE baselines, by name)."""
     from augment.classifier.checkpoint import load_classifier
     from augment.classifier.predict import embed_images, predict_proba
     from augment.data import prepare_data
     from augment.data.io import read_batch
     from augment.data.phantom import load_phantom_mask
     from augment.quality import TrainingBank, acceptance_summary, evaluate_gate
-    from augment.registration import register, warp_map
+    from augment.registration import transfer_region
 
     cfg = load_config(cfg_path)
     index, split = prepare_data(cfg)
@@ -247,8 +257,11 @@ def bench_acceptance(cfg_path: str | None, classifier: str, generator: str, step
     healthy = split.test.healthy() + split.val.healthy()
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {"n_per_finding": n, "findings": {}}
-    phantom_findings = [f for f in cfg.data.phantom.prevalence if split.train.with_finding(f)]
-    methods = [f"flow_{s}" for s in step_counts] + ["copy_paste", "noise"]
+    phantom_findings = [f for f in cfg.data.phantom.prevalence if split.train.with_finding(f) and (not findings or f in findings)]
+    other_models = {name: load_generator(path) for name, path in (others or {}).items()}
+    methods = [f"flow_{s}" for s in step_counts] + list(other_models) + ["copy_paste", "noise"]
+    seconds: dict[str, float] = {m: 0.0 for m in methods}
+    counted: dict[str, int] = {m: 0 for m in methods}
     decisions: dict[str, list] = {m: [] for m in methods}
     for finding in phantom_findings:
         refs = split.train.with_finding(finding)
@@ -260,17 +273,20 @@ def bench_acceptance(cfg_path: str | None, classifier: str, generator: str, step
             torch.nn.functional.interpolate(torch.from_numpy(load_phantom_mask(index.root, x.image_index, finding).astype(np.float32))[None, None], size=(size, size), mode="area")[0]
             for x in r
         ])
-        reg = register(fixed, moving, cfg.registration)
-        masks = warp_map(ref_masks, reg, threshold=0.5)
+        tr = transfer_region(fixed, moving, ref_masks, cfg.registration)  # the product's path (lesion filled first)
+        masks = tr.mask
         keep = masks.flatten(1).any(1)
-        fixed, masks, warped = fixed[keep], masks[keep], reg.warped[keep]
+        fixed, masks, warped = fixed[keep], masks[keep], tr.registration.warped[keep]
         ids = [x.image_index for x, k in zip(q, keep.tolist()) if k]
         targets = torch.zeros(len(ids), len(FINDINGS))
         targets[:, FINDINGS.index(finding)] = 1
         p_before = prob_fn(fixed)
         per: dict[str, Any] = {"pairs": len(ids)}
         for m in methods:
-            if m.startswith("flow_"):
+            t0 = time.perf_counter()
+            if m in other_models:
+                syn = inpaint(other_models[m], fixed, masks, targets, icfg, torch.Generator().manual_seed(0)).images
+            elif m.startswith("flow_"):
                 steps = int(m.split("_")[1])
                 syn = inpaint(gen_model, fixed, masks, targets, icfg.model_copy(update={"steps": steps}), torch.Generator().manual_seed(0)).images
             elif m == "copy_paste":
@@ -280,6 +296,8 @@ def bench_acceptance(cfg_path: str | None, classifier: str, generator: str, step
                 mu = (fixed * masks).flatten(1).sum(1) / masks.flatten(1).sum(1)
                 noise = (mu.view(-1, 1, 1, 1) + 0.15 * torch.randn(fixed.shape, generator=g)).clamp(0, 1)
                 syn = torch.where(masks, noise, fixed)
+            seconds[m] += time.perf_counter() - t0
+            counted[m] += len(ids)
             ds = evaluate_gate(fixed, syn, masks, targets, cfg.quality, prob_fn, embed_fn, bank, ids, p_before=p_before)
             decisions[m] += ds
             s = acceptance_summary(ds)
@@ -287,6 +305,8 @@ def bench_acceptance(cfg_path: str | None, classifier: str, generator: str, step
         results["findings"][finding] = per
         print(finding, json.dumps(per), flush=True)
     results["overall"] = {m: acceptance_summary(decisions[m])["acceptance_rate"] for m in methods}
+    results["seconds_per_image"] = {m: round(seconds[m] / max(1, counted[m]), 3) for m in methods}
+    results["classifier"], results["generator"], results["others"] = classifier, generator, others or {}
     return results
 
 
@@ -357,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classifier", default=None)
     p.add_argument("--generator", default=None)
     p.add_argument("--n-per-finding", type=int, default=20)
+    p.add_argument("--findings", nargs="*", default=None, help="acceptance: only these findings")
+    p.add_argument("--other", nargs="*", default=[], metavar="NAME=CHECKPOINT",
+                   help="acceptance: more generators to compare, e.g. lsgan=runs/local/generator-lsgan/generator.pt")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     icfg = load_config(args.config).inpainting
@@ -372,7 +395,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.acceptance:
         if not (args.classifier and args.generator):
             p.error("--acceptance needs --classifier and --generator checkpoints")
-        result["acceptance"] = bench_acceptance(args.config, args.classifier, args.generator, args.steps, args.n_per_finding, args.threads)
+        others = dict(o.split("=", 1) for o in args.other)
+        key = "acceptance" if not (args.findings or others) else "acceptance_" + "_".join(sorted(others) or ["flow"])
+        result[key] = bench_acceptance(
+            args.config, args.classifier, args.generator, args.steps, args.n_per_finding, args.threads, args.findings, others
+        )
     else:
         result["cpu"] = bench_speed(icfg, device, args.batch, args.steps, 1 if args.quick else 2, 2 if args.quick else 4)
         if torch.cuda.is_available():
