@@ -51,11 +51,11 @@ class NearestNeighbours:
 def patient_of(image_id: str) -> str:
     """The patient part of an NIH ``Image Index`` (``00000013_005.png`` -> ``00000013``).
 
-    Ids without the ``<patient>_<follow-up>`` form are their own patient.
+    Ids not of NIH's ``<digits>_<digits>`` form are their own patient.
     """
     stem = image_id.rsplit(".", 1)[0]
     head, sep, tail = stem.rpartition("_")
-    return head if sep and head and tail.isdigit() else stem
+    return head if sep and head.isdigit() and tail.isdigit() else stem
 
 
 def _downsample(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -40,7 +40,8 @@ def test_patient_of_nih_ids():
     from augment.quality.memorisation import patient_of
 
     assert patient_of("00000013_005.png") == "00000013"
-    assert patient_of("syn_mass_00001_00000002_001.png") == "syn_mass_00001_00000002"
+    assert patient_of("syn_mass_00001_00000002_001.png") == "syn_mass_00001_00000002_001"
+    assert patient_of("real_3.png") == "real_3"
     assert patient_of("plain.png") == "plain"
 
 
