@@ -1,0 +1,89 @@
+"""jobs.evaluate end to end on tiny NIH-layout folders, a tiny pool and a random-weight classifier."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jobs.evaluate import EVALUATION_KEYS, main
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def inputs(tmp_path, make_nih_folder):
+    from augment.augmentation.pool import PoolWriter, ProvenanceRow
+    from augment.classifier import build_classifier, save_checkpoint
+    from augment.config import ClassifierConfig
+    from augment.data.io import read_image
+    from augment.data.nih import load_index
+
+    labels = ["Effusion", "Nodule", "No Finding", "Effusion|Nodule"]
+    real = make_nih_folder([(f"{100 + i:08d}_000.png", labels[i % 4], 100 + i // 2) for i in range(12)], size=32, name="real")
+    train = make_nih_folder([(f"{i:08d}_000.png", "No Finding", i) for i in range(10)], size=32, name="train")
+    pool = tmp_path / "pool"
+    writer = PoolWriter(str(pool))
+    yy, xx = np.mgrid[0:32, 0:32]
+    train_idx = load_index(train)
+    for i in range(12):
+        src = train_idx.records[i % 10]
+        finding = "Effusion" if i % 2 else "Nodule"
+        mask = ((yy - 10 - i) ** 2 + (xx - 16) ** 2 < 16).astype(np.float32)
+        img = np.where(mask > 0, 0.9, read_image(train_idx.path(src)))
+        name = f"syn_{finding.lower()}_{i:05d}_{src.image_index}"
+        row = ProvenanceRow(
+            item_id=f"{finding}-{i:05d}", image=name, finding=finding, source=src.image_index, source_patient=src.patient_id,
+            reference="", mask=name, mask_area=float(mask.mean()), prob_before=0.1, prob_after=0.6, accepted=True,
+            reason="ok", registration_ncc=None, generator_run="test", seed=i,
+        )
+        writer.write_item(row, img, mask)
+    writer.finalize()
+    cfg = ClassifierConfig(arch="efficientnet-b0", image_size=32)
+    torch.manual_seed(0)
+    clf = save_checkpoint(tmp_path / "classifier.pt", build_classifier(cfg), cfg)
+    return real, train, pool, clf
+
+
+def test_evaluate_writes_json_figures_and_mlflow_run(inputs, tmp_path, capsys):
+    real, train, pool, clf = inputs
+    out = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["--real", str(real), "--synthetic", str(pool), "--classifier", str(clf), "--generator-train", str(train),
+            "--out", str(out), "--image-size", "32", "--max-images", "12", "--n-boot", "20", "--epochs", "2",
+            "--max-pairs", "10", "--tracking-uri", uri, "--experiment", "eval-test",
+            "--artifact-location", (tmp_path / "artifacts").as_uri()]
+    assert main(argv) == 0
+    res = json.loads((out / "evaluation.json").read_text())
+    assert set(EVALUATION_KEYS) <= set(res)
+    assert res["inputs"]["n_real"] == 12 and res["inputs"]["n_synthetic"] == 12
+    assert res["inputs"]["masks"] and res["inputs"]["provenance"]
+    assert set(res["fid"]) == {"classifier", "pixels"} and res["fid"]["classifier"]["n_real"] == 12
+    assert res["fid"]["classifier"]["low"] is not None
+    assert res["fidelity"]["cosine_to_source"]["n"] == 12
+    assert "overall" in res["fidelity"]["embedding_silhouette"]
+    assert set(res["diversity"]) == {"Effusion", "Nodule"}
+    assert set(res["two_sample"]) == {"image", "crop"}
+    assert res["memorisation"]["masked"] and res["memorisation"]["flagged"] == []  # sources skipped
+    assert {r["set"] for r in res["classifier_sets"]} == {"real", "synthetic", "combined"}
+    m = res["metrics"]
+    assert {"fid_classifier", "embedding_silhouette", "two_sample_image_auc", "memorisation_pixel_n_flagged",
+            "msssim_synthetic_Effusion", "classifier_real_auc_Effusion"} <= set(m)
+    for name in res["figures"]:
+        assert (out / name).stat().st_size > 1000
+    assert {"pixels_pca2d.png", "embedding_tsne2d.png", "intensity_histogram.png", "memorisation.png"} <= set(res["figures"])
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    summary = json.loads(capsys.readouterr().out)
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["fid_classifier"] == pytest.approx(m["fid_classifier"])
+    assert run.data.params["evaluate.n_real"] == "12"
+
+
+def test_evaluate_reports_bad_inputs(inputs, tmp_path, capsys):
+    real, _, pool, clf = inputs
+    assert main(["--real", str(tmp_path / "nope"), "--synthetic", str(pool), "--classifier", str(clf), "--out", str(tmp_path / "o")]) == 2
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["--real", str(real), "--synthetic", str(pool), "--classifier", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
