@@ -32,8 +32,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow" $(ARGS)
 
+# The model-free speed benchmarks, then the demo end to end; each writes bench/results/*.json.
+# The acceptance, Ray-vs-loop and localization benches take trained models or options: see docs/benchmarks.md.
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_registration.py
+	$(PY) bench/bench_inpainting.py
+	$(PY) bench/bench_classifier.py
+	$(PY) bench/bench_pipeline.py --config configs/local.yaml
 
 clean-runs:
 	rm -rf runs
