@@ -95,6 +95,25 @@ class PeakMemory:
         self._thread.join()
 
 
+def result_header(script: str, argv: list[str] | None, profile: str, load_before: tuple[float, ...]) -> dict:
+    """What every result file of these benches starts with: machine, command, profile, load."""
+    return {
+        "machine": _machine(),
+        "command": f"python bench/{script} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "profile": profile,
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def write_result(out: Path, result: dict) -> None:
+    """Write the result JSON atomically (a temporary file, then rename)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+
+
 def run_side(cfg, train, classifier: str, generator: str, bank, use_ray: bool, out: Path, warm: bool = False) -> dict:
     """One run into a fresh pool. ``warm``: Ray is started before the clock (as in the pipeline,
     which starts it once for all stages), so only the job's own actors and streaming are timed."""
@@ -173,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     loop, ray_run = runs[0], runs[1]
     result = {
-        "machine": _machine(),
-        "command": "python bench/bench_augment.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "profile": cfg.name,
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        **result_header("bench_augment.py", argv, cfg.name, load_before),
         "reference_bank_s": round(bank_s, 1),
         "runs": runs,
         "ray_over_loop_throughput": round(ray_run["items_per_s"] / loop["items_per_s"], 3) if loop["items_per_s"] else None,
@@ -187,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": "ray_over_loop_throughput >= 0.8 on 2 cores",
     }
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"augment-{cfg.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_result(out, result)
     print(json.dumps({k: result[k] for k in ("ray_over_loop_throughput", "load_avg_before", "load_avg_after")}))
     return 0
 

@@ -27,8 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_augment import PeakMemory  # noqa: E402
-from bench_classifier import _machine  # noqa: E402
+from bench_augment import PeakMemory, result_header, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     aug_s = stages.get("augment") or float("nan")
     macro = next((r for r in res["compare"]["per_finding"] if r["finding"] == "macro"), {})
     result = {
-        "machine": _machine(),
-        "command": "python bench/bench_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "profile": base.name,
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        **result_header("bench_pipeline.py", argv, base.name, load_before),
         "wall_s": round(wall, 1),
         "stage_seconds": stages,
         "stage_shares": {k: round(v / wall, 3) for k, v in stages.items()},
@@ -87,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "kept_output": str(work) if args.keep else None,
     }
     out = Path(args.out) if args.out else REPO / "bench" / "results" / f"pipeline-{base.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_result(out, result)
     print(json.dumps(result, indent=1))
     return 0
 
