@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["git_commit", "configure", "start_run", "log_config", "ui_command", "metrics_to_mlflow"]
+__all__ = ["git_commit", "resolve_uri", "configure", "start_run", "log_config", "ui_command", "metrics_to_mlflow"]
 
 
 
@@ -44,7 +44,7 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
-def _resolve_uri(uri: str) -> str:
+def resolve_uri(uri: str) -> str:
     """Make a relative ``sqlite:///file.db`` absolute, so workers in other folders find the same file."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
@@ -56,7 +56,7 @@ def configure(tracking: "TrackingConfig", experiment: str) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id."""
     import mlflow
 
-    uri = _resolve_uri(tracking.uri)
+    uri = resolve_uri(tracking.uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -131,7 +131,7 @@ def start_run(
 
 def ui_command(tracking: "TrackingConfig") -> str:
     """The shell command that opens the MLflow UI on this store."""
-    uri = _resolve_uri(tracking.uri)
+    uri = resolve_uri(tracking.uri)
     if uri.startswith("sqlite:///"):
         return f"mlflow ui --backend-store-uri {uri} --port 5000"
     return f"open {uri} in a browser"

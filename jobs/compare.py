@@ -314,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --run-ids selects runs alone; drop --experiment/--tag", file=sys.stderr)
         return 2
     try:
-        from augment.tracking import _resolve_uri
+        from augment.tracking import resolve_uri
 
-        uri = _resolve_uri(args.tracking_uri)
+        uri = resolve_uri(args.tracking_uri)
         _check_store(uri)
         from mlflow import MlflowClient
 

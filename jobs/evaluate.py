@@ -312,9 +312,9 @@ def evaluate(
 def _log_mlflow(result: dict[str, Any], out: Path, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
     import mlflow
 
-    from augment.tracking import _resolve_uri, git_commit, metrics_to_mlflow
+    from augment.tracking import resolve_uri, git_commit, metrics_to_mlflow
 
-    uri = _resolve_uri(tracking_uri)
+    uri = resolve_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
