@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["git_commit", "resolve_uri", "configure", "start_run", "log_config", "ui_command", "metrics_to_mlflow"]
+__all__ = ["git_commit", "resolve_uri", "local_checkpoint", "ARTIFACT_URI_SCHEMES", "configure", "start_run", "log_config", "ui_command", "metrics_to_mlflow"]
 
 
 
@@ -50,6 +50,46 @@ def resolve_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix):]).resolve())
     return uri
+
+
+ARTIFACT_URI_SCHEMES = (
+    "runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "http://", "https://",
+)
+
+
+def local_checkpoint(path_or_uri: str | os.PathLike, names: tuple[str, ...], tracking_uri: str | None = None) -> Path:
+    """A local path for a checkpoint given as a file, a folder holding one, ``file://...``,
+    or an MLflow artifact URI (downloaded; ``runs:/``, ``models:/``, object stores).
+
+    A folder is searched recursively for ``names`` first, then for any ``*.pt``. Whether
+    the returned file exists is left to the caller's loader (it knows what to suggest).
+
+    Raises:
+        ValueError: the download failed, or the folder holds no checkpoint.
+    """
+    text = str(path_or_uri)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    if text.startswith(ARTIFACT_URI_SCHEMES):
+        import mlflow
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except Exception as exc:  # MlflowException, network errors
+            raise ValueError(f"{text}: cannot download from MLflow ({exc}); check the URI and the tracking URI") from None
+    else:
+        local = Path(text)
+    if local.is_dir():
+        found = [p for n in names for p in sorted(local.rglob(n))] or sorted(local.rglob("*.pt"))
+        if not found:
+            raise ValueError(
+                f"{path_or_uri}: the folder holds no {' or '.join(names)} nor any *.pt checkpoint; "
+                "give the checkpoint file or the logged model"
+            )
+        local = found[0]
+    return local
 
 
 def configure(tracking: "TrackingConfig", experiment: str) -> str:

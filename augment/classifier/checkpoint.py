@@ -27,7 +27,6 @@ __all__ = ["CHECKPOINT_VERSION", "CHECKPOINT_NAME", "CheckpointError", "unwrap",
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "classifier.pt"
-_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "http://", "https://")
 
 
 class CheckpointError(ValueError):
@@ -92,26 +91,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _resolve(path_or_uri: str | os.PathLike, tracking_uri: str | None) -> Path:
-    text = str(path_or_uri)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    if text.startswith(_URI_SCHEMES):
-        import mlflow
+    from augment.tracking import local_checkpoint
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
-        except Exception as exc:  # MlflowException, network errors
-            raise CheckpointError(f"{text}: cannot download from MLflow ({exc}); check the URI and the tracking URI") from None
-    else:
-        local = Path(text)
-    if local.is_dir():
-        found = sorted(local.rglob(CHECKPOINT_NAME)) or sorted(local.rglob("*.pt"))
-        if not found:
-            raise CheckpointError(f"{path_or_uri}: folder holds no {CHECKPOINT_NAME}; give the checkpoint file or the logged model")
-        local = found[0]
-    return local
+    try:
+        return local_checkpoint(path_or_uri, (CHECKPOINT_NAME,), tracking_uri)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def load_classifier(

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 __all__ = ["ModelBundle", "ModelSpec", "load_bundle", "resolve_checkpoint", "default_locations", "pick_device"]
 
 GENERATOR_NAME = "generator.pt"
-_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "http://", "https://")
 
 
 @dataclass(frozen=True)
@@ -97,25 +96,9 @@ def resolve_checkpoint(path_or_uri: str | os.PathLike, names: tuple[str, ...], t
     Raises:
         ValueError: the download failed or no checkpoint is there; the message says which.
     """
-    text = str(path_or_uri)
-    if text.startswith("file://"):
-        text = text[len("file://"):]
-    if text.startswith(_URI_SCHEMES):
-        import mlflow
+    from augment.tracking import local_checkpoint
 
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
-        except Exception as exc:  # MlflowException, network errors
-            raise ValueError(f"{text}: cannot download from MLflow ({exc}); check the URI and tracking.uri") from None
-    else:
-        local = Path(text)
-    if local.is_dir():
-        found = [p for n in names for p in sorted(local.rglob(n))] or sorted(local.rglob("*.pt"))
-        if not found:
-            raise ValueError(f"{path_or_uri}: the folder holds no {' or '.join(names)} nor any *.pt checkpoint")
-        local = found[0]
+    local = local_checkpoint(path_or_uri, names, tracking_uri)
     if not local.is_file():
         raise ValueError(f"{path_or_uri}: checkpoint not found; train it with the pipeline or set the serve.* location")
     return local
