@@ -165,9 +165,69 @@ def bench_ray_overhead(arch: str, n_images: int, n_val: int, size: int, threads:
         "ray_epoch_s": round(ray_epoch.seconds, 1),
         "ray_train_img_per_s": round(ray_epoch.train_images_per_s, 2),
         "ray_fixed_overhead_s": round(trained.seconds - ray_epoch.seconds, 1),
+        # start: fit() until the loop runs in the worker; teardown: the loop's end until fit() returns.
+        "ray_fit_phases_s": {k: round(v, 1) for k, v in trained.fit_phases.items()},
+        "ray_start_plus_teardown_s": round(trained.fit_phases["start"] + trained.fit_phases["teardown"], 1),
+        # The goal's measure: what fit() costs beyond the plain loop's whole call, as a share of a plain epoch.
+        "ray_overhead_vs_plain_epoch": round(
+            (trained.seconds - (plain_s + plain2_s) / 2) / ((plain_epoch.seconds + plain2_epoch.seconds) / 2), 3
+        ),
         "overhead_vs_plain_total": round(trained.seconds / ((plain_s + plain2_s) / 2) - 1, 3),
         "epoch_slowdown_in_worker": round(ray_epoch.seconds / ((plain_epoch.seconds + plain2_epoch.seconds) / 2) - 1, 3),
     }
+
+
+def _report_only(config: dict) -> None:
+    """A Ray Train loop that does nothing but report once: what a fit costs with no work."""
+    import ray.train
+
+    import tempfile
+
+    # Ray Train V2 returns the metrics of the last report that carried a checkpoint.
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "empty").write_text("")
+        ray.train.report({"loop_started_at": time.time()}, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def bench_ray_floor(threads: int, out: Path, polls: tuple[float, ...] = (2.0, 0.5), repeats: int = 2) -> dict:
+    """Ray Train's own cost per ``fit()``: a loop that only reports, one worker, per poll interval.
+
+    The poll interval is Ray Train's controller health-check period (2 s by default; the
+    project's ``resources.train_poll_interval_s`` sets 0.5 s). All fits share one Ray session,
+    so only the first pays for the placement-group cleaner actor.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from jobs.ray_utils import init_ray
+
+    cfg = RunConfig.model_validate({"resources": {"num_cpus": threads, "cpus_per_worker": threads}, "tracking": {"enabled": False}})
+    before = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    init_ray(cfg)
+    rows = []
+    try:
+        for poll in polls:
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(poll)
+            for i in range(repeats):
+                trainer = TorchTrainer(
+                    _report_only,
+                    scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
+                    run_config=ray.train.RunConfig(name=f"floor-{poll}-{i}", storage_path=str(out / "floor")),
+                )
+                t0, started = time.perf_counter(), time.time()
+                result = trainer.fit()
+                sec = time.perf_counter() - t0
+                start = result.metrics["loop_started_at"] - started
+                rows.append({"poll_s": poll, "fit_s": round(sec, 2), "start_s": round(start, 2), "after_loop_s": round(sec - start, 2)})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)
+        else:
+            os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = before
+    return {"threads": threads, "fits": rows}
 
 
 def main() -> int:
@@ -181,6 +241,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
     p.add_argument("--quick", action="store_true", help="reduced: sizes 128/224 (1 batch at 380), 96 Ray images")
     p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--ray-floor", action="store_true", help="also time fit() of a loop that only reports, at Ray's and our poll interval")
     p.add_argument("--skip-sizes", action="store_true", help="keep the 'sizes' of an existing results file")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "classifier.json"))
     args = p.parse_args()
@@ -219,6 +280,12 @@ def main() -> int:
             r = {"error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(r), flush=True)
         results["ray_vs_plain"] = r
+        save()
+    elif out.is_file() and "ray_vs_plain" in (old := json.loads(out.read_text())):
+        results["ray_vs_plain"] = old["ray_vs_plain"]  # measured earlier; this run did not repeat it
+    if args.ray_floor:
+        with tempfile.TemporaryDirectory() as d:
+            results["ray_floor"] = bench_ray_floor(args.threads, Path(d))
     save()
     print(f"wrote {out}")
     return 0

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 import ray
 
@@ -21,7 +22,7 @@ from augment.config import RunConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["init_ray", "ray_session", "worker_setup"]
+__all__ = ["fit_torch_trainer", "init_ray", "ray_session", "set_train_poll_interval", "worker_setup"]
 
 
 def init_ray(cfg: RunConfig, address: str | None = None, **kwargs: Any) -> bool:
@@ -77,3 +78,68 @@ def worker_setup(torch_threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(torch_threads)
+
+
+_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+_poll_we_set: dict[str, str] = {}
+
+
+def set_train_poll_interval(seconds: float) -> str:
+    """Set Ray Train's controller poll interval for the next ``fit()``; returns the value in force.
+
+    Ray Train reads ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` at ``fit()`` and hands it to its
+    controller. A value the user exported wins over ``seconds``; one this function set earlier
+    does not.
+    """
+    if os.environ.get(_POLL_ENV) in (None, _poll_we_set.get(_POLL_ENV)):
+        os.environ[_POLL_ENV] = _poll_we_set[_POLL_ENV] = str(seconds)
+    return os.environ[_POLL_ENV]
+
+
+def fit_torch_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    cfg: RunConfig,
+    *,
+    name: str,
+    storage_path: str,
+    max_failures: int,
+) -> tuple[Any, float, float]:
+    """Run ``loop`` under Ray Train's ``TorchTrainer`` with ``cfg.resources``.
+
+    Returns ``(result, seconds, started_at)``: Ray Train's result, the wall time of ``fit()``
+    and its start as a Unix time (to set against times the workers report).
+
+    Workers, CPUs and GPUs per worker come from ``resources``; a failed worker group restarts
+    up to ``max_failures`` times from the last reported checkpoint (two are kept under
+    ``storage_path/name``). Ray is joined or started as by :func:`ray_session`. ``seconds``
+    covers Ray Train's controller and worker start-up, the loop, and the teardown. The
+    controller polls its workers every ``resources.train_poll_interval_s`` (or what the user
+    set in ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``), since every state change of a run waits for
+    the next poll.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    res = cfg.resources
+    set_train_poll_interval(res.train_poll_interval_s)
+    scaling = ray.train.ScalingConfig(
+        num_workers=res.num_workers,
+        use_gpu=res.use_gpu,
+        resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
+    )
+    run_config = ray.train.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+    )
+    with ray_session(cfg):
+        trainer = TorchTrainer(loop, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
+        started_at = time.time()
+        t0 = time.perf_counter()
+        result = trainer.fit()
+        seconds = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train finished without a checkpoint (error: {result.error}); see the worker logs")
+    return result, seconds, started_at

@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ class TrainedClassifier:
         run_id: the MLflow run, or None when tracking is off.
         resumed_from_epoch: epochs restored from a checkpoint after a worker failure (None: no failure).
         seconds: wall time of ``trainer.fit()`` (Ray start-up excluded).
+        fit_phases: where ``seconds`` went, from times the rank-0 worker reports: ``start``
+            (Ray Train's controller and worker processes, until the loop runs), ``setup`` (model,
+            data loaders, resume), ``train`` (the epochs, validation and checkpoints) and
+            ``teardown`` (the final checkpoint until ``fit()`` returns).
     """
 
     checkpoint_path: Path
@@ -63,6 +67,7 @@ class TrainedClassifier:
     run_id: str | None
     resumed_from_epoch: int | None
     seconds: float
+    fit_phases: dict[str, float] = field(default_factory=dict)
 
 
 def _metrics_from_dict(d: dict[str, Any]) -> ClassifierMetrics:
@@ -110,6 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from augment.classifier.model import build_classifier
     from jobs.ray_utils import worker_setup
 
+    loop_started_at = time.time()
     cfg = RunConfig.model_validate(config["cfg"])
     ccfg = cfg.classifier
     worker_setup(cfg.resources.torch_threads)
@@ -152,6 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             marker.touch()
             raise RuntimeError(f"injected worker failure after epoch {rec.epoch} (test of resume)")
 
+    fit_started_at = time.time()
     result = fit(
         ddp,
         train_loader,
@@ -163,7 +170,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resume=resume,
         eval_model=model,
     )
-    final = {"final": 1, "val_loss": result.metrics.loss, "resumed_from_epoch": -1 if resumed_from is None else resumed_from}
+    final = {
+        "final": 1,
+        "val_loss": result.metrics.loss,
+        "resumed_from_epoch": -1 if resumed_from is None else resumed_from,
+        "loop_started_at": loop_started_at,
+        "fit_started_at": fit_started_at,
+        "fit_ended_at": time.time(),
+    }
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / CHECKPOINT_NAME, model, ccfg, extra={"best_epoch": result.best_epoch})
@@ -231,11 +245,8 @@ def train_classifier(
         ValueError: an empty split.
         ray.train.TrainingFailedError: training failed more than ``classifier.max_failures`` times.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from augment import tracking
-    from jobs.ray_utils import ray_session
+    from jobs.ray_utils import fit_torch_trainer
 
     if len(train_index) == 0 or len(val_index) == 0:
         raise ValueError(f"train ({len(train_index)}) and validation ({len(val_index)}) sets must not be empty")
@@ -257,18 +268,6 @@ def train_classifier(
 
         run_id = run.info.run_id if run is not None else None
         tracking_uri = mlflow.get_tracking_uri() if run is not None else None
-        res = cfg.resources
-        scaling = ray.train.ScalingConfig(
-            num_workers=res.num_workers,
-            use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
-        )
-        run_config = ray.train.RunConfig(
-            name=f"classifier-{cfg.fingerprint('classifier')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.classifier.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        )
         loop_config = {
             "cfg": cfg.model_dump(mode="json"),
             "train_index": train_index,
@@ -278,13 +277,11 @@ def train_classifier(
             "out_dir": str(out),
             "fail_after_epoch": fail_after_epoch,
         }
-        with ray_session(cfg):
-            trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
-            t0 = time.perf_counter()
-            result = trainer.fit()
-            seconds = time.perf_counter() - t0
-        if result.checkpoint is None:
-            raise RuntimeError(f"Ray Train finished without a checkpoint (error: {result.error}); see the worker logs")
+        result, seconds, started_at = fit_torch_trainer(
+            train_loop_per_worker, loop_config, cfg,
+            name=f"classifier-{cfg.fingerprint('classifier')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage, max_failures=cfg.classifier.max_failures,
+        )
         with result.checkpoint.as_directory() as d:
             d = Path(d)
             if not (d / CHECKPOINT_NAME).is_file():
@@ -296,8 +293,16 @@ def train_classifier(
             history = tuple(EpochRecord(**r) for r in json.loads((d / "history.json").read_text()))
         (out / "history.json").write_text(json.dumps([asdict(r) for r in history], indent=2))
         resumed = int(result.metrics.get("resumed_from_epoch", -1))
+        m = result.metrics
+        phases = {
+            "start": m["loop_started_at"] - started_at,
+            "setup": m["fit_started_at"] - m["loop_started_at"],
+            "train": m["fit_ended_at"] - m["fit_started_at"],
+            "teardown": started_at + seconds - m["fit_ended_at"],
+        }
         if run is not None:
-            tracking.metrics_to_mlflow({"fit_seconds": seconds, "resumed_from_epoch": resumed})
+            tracking.metrics_to_mlflow({"fit_seconds": seconds, "resumed_from_epoch": resumed,
+                                        **{f"fit_seconds.{k}": v for k, v in phases.items()}})
             _log_artifacts(out, history, metrics, out / CHECKPOINT_NAME)
         else:
             from augment.classifier.report import loss_curve_figure, write_metrics_table
@@ -305,7 +310,7 @@ def train_classifier(
 
             save_figure(loss_curve_figure(history), out / "loss_curve.png")
             write_metrics_table(metrics, out)
-    return TrainedClassifier(out / CHECKPOINT_NAME, history, metrics, run_id, None if resumed < 0 else resumed, seconds)
+    return TrainedClassifier(out / CHECKPOINT_NAME, history, metrics, run_id, None if resumed < 0 else resumed, seconds, phases)
 
 
 def main(argv: list[str] | None = None) -> int:

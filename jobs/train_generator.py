@@ -321,11 +321,8 @@ def train_generator(
     Raises:
         ValueError: an empty training index.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from augment import tracking
-    from jobs.ray_utils import ray_session
+    from jobs.ray_utils import fit_torch_trainer
 
     if len(train_index) == 0:
         raise ValueError("the training index is empty; pass the train split of prepare_data(cfg)")
@@ -347,18 +344,6 @@ def train_generator(
         import mlflow
 
         run_id = run.info.run_id if run is not None else None
-        res = cfg.resources
-        scaling = ray.train.ScalingConfig(
-            num_workers=res.num_workers,
-            use_gpu=res.use_gpu,
-            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": 1} if res.use_gpu else {})},
-        )
-        run_config = ray.train.RunConfig(
-            name=f"generator-{cfg.fingerprint('inpainting')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            storage_path=storage,
-            failure_config=ray.train.FailureConfig(max_failures=2),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        )
         loop_config = {
             "cfg": cfg.model_dump(mode="json"),
             "train_index": train_index,
@@ -369,13 +354,11 @@ def train_generator(
             "arch": _arch(cfg.inpainting),
             "fail_after_step": fail_after_step,
         }
-        with ray_session(cfg):
-            trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run_config)
-            t0 = time.perf_counter()
-            result = trainer.fit()
-            seconds = time.perf_counter() - t0
-        if result.checkpoint is None:
-            raise RuntimeError(f"Ray Train finished without a checkpoint (error: {result.error}); see the worker logs")
+        result, seconds, _ = fit_torch_trainer(
+            train_loop_per_worker, loop_config, cfg,
+            name=f"generator-{cfg.fingerprint('inpainting')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage, max_failures=2,
+        )
         with result.checkpoint.as_directory() as d:
             d = Path(d)
             if not (d / CHECKPOINT_NAME).is_file():

@@ -39,6 +39,10 @@ def test_ray_train_resumes_after_a_worker_failure_and_logs_to_mlflow(tmp_path, m
 
     assert out.resumed_from_epoch == 1  # the second attempt started from epoch 1's checkpoint
     assert [r.epoch for r in out.history] == [1, 2]
+    # fit()'s wall time splits into start, setup, train and teardown, measured from the worker.
+    assert set(out.fit_phases) == {"start", "setup", "train", "teardown"}
+    assert all(v >= 0 for v in out.fit_phases.values())
+    assert abs(sum(out.fit_phases.values()) - out.seconds) < 1e-6
     assert out.metrics.finding("Effusion").auc is not None and out.metrics.finding("Hernia").missing
     model = load_classifier(out.checkpoint_path)
     assert model.arch == "efficientnet-b0"
