@@ -309,6 +309,37 @@ class ResourcesConfig(StageConfig):
     )
 
 
+class UtilityConfig(StageConfig):
+    """Does augmentation help? ``jobs.utility``: base vs augmented classifier over seeds and data fractions.
+
+    Every (fraction, seed) pair trains the base classifier on that fraction of the real
+    training split (whole patients, :func:`augment.evaluation.utility.subsample_fraction`) and
+    the augmented one on the same images plus synthetic ones; both are scored on the same
+    held-out real test split. Results are means with 95% t-intervals over seeds.
+    """
+
+    seeds: int = Field(3, ge=1, le=100, description="classifier seeds per fraction (seeds 0..n-1); an interval needs >= 2")
+    fractions: list[float] = Field(
+        default_factory=lambda: [1.0],
+        description="shares of the real training split to train on, e.g. [0.01, 0.1, 1.0]; gains show in the low-data regime",
+    )
+    pool_sources: Literal["subset", "all"] = Field(
+        "subset",
+        description="subset: only synthetic images whose healthy source and diseased reference are in the kept real "
+        "images (no real image outside the fraction reaches the augmented arm through them); all: the whole pool",
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one fraction, e.g. [1.0]")
+        bad = [f for f in v if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"fractions must be in (0, 1], got {bad}")
+        return sorted(set(v))
+
+
 class TrackingConfig(StageConfig):
     """MLflow: a SQLite file by default, a server when a URI is given."""
 
@@ -367,6 +398,7 @@ class RunConfig(StageConfig):
     attention: AttentionConfig = AttentionConfig()
     quality: QualityConfig = QualityConfig()
     augment: AugmentConfig = AugmentConfig()
+    utility: UtilityConfig = UtilityConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()

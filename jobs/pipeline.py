@@ -93,7 +93,9 @@ def _classifier_stage(
 ) -> StageResult:
     from jobs.train_classifier import train_classifier
 
-    key = stage_key({"classifier": cfg.classifier.model_dump(mode="json"), "resources": cfg.resources.model_dump(mode="json")}, upstream)
+    # The poll interval changes how fast Ray Train notices a state change, not the model.
+    resources = cfg.resources.model_dump(mode="json", exclude={"train_poll_interval_s"})
+    key = stage_key({"classifier": cfg.classifier.model_dump(mode="json"), "resources": resources}, upstream)
 
     def work(out: Path) -> dict[str, Any]:
         res = train_classifier(cfg, train, val, out, parent_run_id)
@@ -184,7 +186,7 @@ def _augment_stage(
     return run_stage(cfg.output_dir, "augment", key, work)
 
 
-def _evaluate(cfg: RunConfig, checkpoint: Path, test: NIHIndex) -> tuple[np.ndarray, np.ndarray, float]:
+def evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, test: NIHIndex) -> tuple[np.ndarray, np.ndarray, float]:
     """(labels, probabilities, mean BCE loss) of a checkpoint on the test split."""
     import torch
 
@@ -209,8 +211,8 @@ def _compare_stage(cfg: RunConfig, base: StageResult, aug: StageResult, test: NI
     key = stage_key({"test": sorted(r.image_index for r in test.records)}, [base.key, aug.key])
 
     def work(out: Path) -> dict[str, Any]:
-        y, pb, lb = _evaluate(cfg, base.path / base.result["checkpoint"], test)
-        _, pa, la = _evaluate(cfg, aug.path / aug.result["checkpoint"], test)
+        y, pb, lb = evaluate_checkpoint(cfg, base.path / base.result["checkpoint"], test)
+        _, pa, la = evaluate_checkpoint(cfg, aug.path / aug.result["checkpoint"], test)
         rows = compare_auc(y, pb, pa, seed=cfg.seed)
         mb, ma = classification_metrics(y, pb, loss=lb), classification_metrics(y, pa, loss=la)
         table = []
