@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +251,7 @@ def train_classifier(
     if len(train_index) == 0 or len(val_index) == 0:
         raise ValueError(f"train ({len(train_index)}) and validation ({len(val_index)}) sets must not be empty")
     # Ray workers run in their own working folder: relative data roots must not reach them.
-    train_index = replace(train_index, root=Path(train_index.root).resolve())
-    val_index = replace(val_index, root=Path(val_index.root).resolve())
+    train_index, val_index = train_index.absolute(), val_index.absolute()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     storage = storage_path or str(out / "ray")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -330,7 +329,7 @@ def train_generator(
     out.mkdir(parents=True, exist_ok=True)
     storage = storage_path or str(out / "ray")
     # Ray Train workers run in another working directory: give them absolute paths.
-    train_index = dataclasses.replace(train_index, root=Path(train_index.root).resolve())
+    train_index = train_index.absolute()
     mask_fn = mask_fn or default_mask_fn(cfg, train_index)
     prev = out / STATE_NAME
     if cfg.tracking.enabled:

@@ -160,6 +160,13 @@ class NIHIndex:
         dirs = {k: v for k, v in self.image_dirs.items() if k in keep}
         return replace(self, records=recs, bboxes=boxes, image_dirs=dirs)
 
+    def absolute(self) -> "NIHIndex":
+        """The same index with absolute folders, for processes that run elsewhere (Ray workers
+        start in their own working folder, where a relative root points nowhere)."""
+        return replace(
+            self, root=Path(self.root).resolve(), image_dirs={k: Path(v).resolve() for k, v in self.image_dirs.items()}
+        )
+
     def concat(self, other: "NIHIndex") -> "NIHIndex":
         """This index followed by ``other``'s rows (e.g. real training images + a synthetic pool).
 

@@ -199,3 +199,13 @@ def test_concat_keeps_each_rows_folder(tmp_path, make_nih_folder):
     assert both.subset(["syn_mass_00000_00000002_000.png"]).path("syn_mass_00000_00000002_000.png").is_file()
     with pytest.raises(DataError, match="in both"):
         a.concat(a)
+
+
+def test_absolute_index_reads_from_any_working_folder(tmp_path, make_nih_folder, monkeypatch):
+    # A pool joined by a relative path: Ray workers run in another folder and must still find it.
+    make_nih_folder(ROWS[:2], name="real")
+    make_nih_folder([("syn_mass_00000_00000002_000.png", "Mass", 2)], name="pool")
+    monkeypatch.chdir(tmp_path)
+    both = load_index("real").concat(load_index("pool")).absolute()
+    monkeypatch.chdir(tmp_path / "real")
+    assert both.root.is_absolute() and all(both.path(r).is_absolute() and both.path(r).is_file() for r in both.records)

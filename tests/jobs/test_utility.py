@@ -34,7 +34,8 @@ def test_subset_mode_keeps_only_images_made_from_kept_real_images(make_nih_folde
         "s3.png": SimpleNamespace(source="y.png", reference="b.png"),  # source dropped
     }
     kept = {"a.png", "b.png"}
-    assert [r.image_index for r in synthetic_for(pool, prov, kept, "subset").records] == ["s1.png"]
+    assert [r.image_index for r in synthetic_for(pool, prov, kept, "strict").records] == ["s1.png"]
+    assert [r.image_index for r in synthetic_for(pool, prov, kept, "subset").records] == ["s1.png", "s2.png"]
     assert len(synthetic_for(pool, prov, kept, "all")) == 3
 
 
@@ -76,7 +77,8 @@ def test_utility_trains_both_arms_per_seed_reports_intervals_and_resumes(tmp_pat
         ), img, mask)
     writer.finalize()
 
-    report = run_utility(cfg, pool, tmp_path / "out")
+    monkeypatch.chdir(tmp_path)  # a relative pool path: the Ray workers run in other folders
+    report = run_utility(cfg, "pool", tmp_path / "out")
     part = report["fractions"]["1"]
     assert [c["seed"] for c in part["cells"]] == [0, 1]
     for c in part["cells"]:
@@ -97,5 +99,5 @@ def test_utility_trains_both_arms_per_seed_reports_intervals_and_resumes(tmp_pat
     import jobs.train_classifier
 
     monkeypatch.setattr(jobs.train_classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained a finished cell"))
-    again = run_utility(cfg, pool, tmp_path / "out")
+    again = run_utility(cfg, "pool", tmp_path / "out")
     assert again["fractions"]["1"]["aggregate"] == part["aggregate"]
