@@ -323,10 +323,11 @@ class UtilityConfig(StageConfig):
         default_factory=lambda: [1.0],
         description="shares of the real training split to train on, e.g. [0.01, 0.1, 1.0]; gains show in the low-data regime",
     )
-    pool_sources: Literal["subset", "all"] = Field(
+    pool_sources: Literal["subset", "strict", "all"] = Field(
         "subset",
-        description="subset: only synthetic images whose healthy source and diseased reference are in the kept real "
-        "images (no real image outside the fraction reaches the augmented arm through them); all: the whole pool",
+        description="subset: only synthetic images painted on a healthy image among the kept real images (every "
+        "augmented image adds a finding to an image the arm already has); strict: also their diseased reference "
+        "kept; all: the whole pool (adds real anatomy from outside the fraction: a confound below 1.0)",
     )
 
     @field_validator("fractions")

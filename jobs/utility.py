@@ -9,8 +9,8 @@ For every fraction of the real training split (``utility.fractions``; whole pati
 findings keep their share) and every seed ``0..utility.seeds-1``, it trains two classifiers
 with Ray Train, exactly as the pipeline does: the base one on the kept real images and the
 augmented one on the same images plus the synthetic pool's accepted images
-(``utility.pool_sources``: by default only those whose healthy source and diseased
-reference are among the kept images). The seed picks the subset and the classifier's
+(``utility.pool_sources``: by default only those painted on a healthy image among the
+kept ones). The seed picks the subset and the classifier's
 initialisation; both arms of a seed share them. Both are scored on the same held-out real
 test split. The report gives, per finding and macro, each arm's mean AUC with a 95%
 t-interval over seeds and the paired difference (augmented minus base) with its interval,
@@ -60,14 +60,15 @@ def synthetic_for(pool: NIHIndex, provenance: dict[str, Any], kept: set[str], mo
         pool: the pool's index (its ``Data_Entry_2017.csv`` lists the accepted images).
         provenance: image name -> its provenance row (``source`` and ``reference``).
         kept: image names of the real images kept for this cell.
-        mode: ``"all"`` keeps every accepted image; ``"subset"`` only those whose healthy
-            source and diseased reference are both in ``kept``.
+        mode: ``"all"`` keeps every accepted image; ``"subset"`` those painted on a kept
+            healthy source; ``"strict"`` those whose diseased reference is kept too.
     """
     if mode == "all":
         return pool
     names = [
         r.image_index for r in pool.records
-        if (row := provenance.get(r.image_index)) is not None and row.source in kept and row.reference in kept
+        if (row := provenance.get(r.image_index)) is not None and row.source in kept
+        and (mode != "strict" or row.reference in kept)
     ]
     return pool.subset(names)
 
@@ -130,6 +131,8 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
         "pool": str(pool_root),
         "pool_images": len(pool_index),
         "pool_sources": ucfg.pool_sources,
+        "caveat": "the pool's generator and gate classifier were trained on the whole training split; "
+                  "at fractions below 1 the augmented arm therefore carries some knowledge of real images outside its fraction",
         "test_images": len(split.test),
         "seeds": ucfg.seeds,
         "classifier": cfg.classifier.model_dump(mode="json"),
@@ -188,6 +191,8 @@ def _f(v: Any) -> str:
 
 def print_report(report: dict[str, Any]) -> None:
     """The macro and per-finding lines of each fraction: means and intervals, and the paired difference."""
+    if any(float(f) < 1 for f in report["fractions"]):
+        print(f"note: {report['caveat']}")
     for fraction, part in report["fractions"].items():
         print(f"\n== {fraction} of the real training data, {report['seeds']} seeds, test AUC (mean [95% interval])")
         get = {(r["key"], r["arm"]): r for r in part["aggregate"]}
