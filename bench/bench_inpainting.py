@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from augment.config import InpaintingConfig, load_config  # noqa: E402
 from augment.findings import FINDINGS  # noqa: E402
-from augment.inpainting.model import build_model, load_generator  # noqa: E402
+from augment.inpainting.model import build_model, inference_layout, load_generator  # noqa: E402
 from augment.inpainting.sampler import inpaint  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "inpainting.json"
@@ -129,7 +129,8 @@ def time_inpaint(model, images, masks, findings, icfg: InpaintingConfig, device,
 
 def bench_speed(icfg: InpaintingConfig, device: torch.device, batch: int, step_counts: list[int], repeats: int, full_batch: int) -> dict:
     torch.manual_seed(0)
-    model = build_model(icfg).to(device).eval()
+    # as load_generator gives it to the augment job and the service
+    model = inference_layout(build_model(icfg).to(device).eval())
     images, masks, findings = phantom_batch(batch, 256)
     mask_frac = float(masks.float().mean())
     f_crop = flops_per_forward(model, icfg.crop_size, device)

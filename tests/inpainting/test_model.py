@@ -64,6 +64,9 @@ def test_checkpoint_round_trip(tmp_path, model):
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, torch.tensor([0.3, 0.3]), _cond()), model(x, torch.tensor([0.3, 0.3]), _cond()))
+    # loaded for sampling on a CPU: channels-last convolution weights (faster with oneDNN)
+    conv = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
     assert not list(tmp_path.glob("g/.*tmp"))  # atomic write left no temp file
 
 
