@@ -17,8 +17,10 @@ t-interval over seeds and the paired difference (augmented minus base) with its 
 plus the train-validation loss gap.
 
 The pool defaults to the one the newest pipeline run wrote (``<output_dir>/stages/augment-*``).
-Each finished cell (fraction, seed, arm) is kept under ``--out``: a re-run skips it, so an
-interrupted run loses no finished training. Writes ``utility.json`` and one figure per
+Each finished cell (fraction, seed, arm) is kept: a re-run skips it, so an interrupted run
+loses no finished training. Augmented cells live under ``--out``; base cells do not depend on
+the pool and live in ``<output_dir>/utility/base-<key>``, shared by every pool compared with
+the same classifier and data config. Writes ``utility.json`` and one figure per
 fraction, and logs them to one MLflow run with a child run per classifier.
 """
 
@@ -39,7 +41,7 @@ from augment.data.io import atomic_write_bytes
 
 log = logging.getLogger("cxr.utility")
 
-__all__ = ["run_utility", "latest_pool", "synthetic_for", "main"]
+__all__ = ["run_utility", "latest_pool", "synthetic_for", "interval_text", "print_report", "main"]
 
 
 def latest_pool(cfg: RunConfig) -> Path:
@@ -127,10 +129,15 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
     )
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / "utility" / key
     out.mkdir(parents=True, exist_ok=True)
+    # The base arm does not depend on the pool: every pool compared under the same classifier
+    # and data config shares its cells (comparing three generators trains it once, not three times).
+    base_root = Path(cfg.output_dir) / "utility" / ("base-" + stage_key(
+        {"classifier": cfg.classifier.model_dump(mode="json"), "data": cfg.data.model_dump(mode="json")}))
     report: dict[str, Any] = {
         "pool": str(pool_root),
         "pool_images": len(pool_index),
         "pool_sources": ucfg.pool_sources,
+        "base_cells": str(base_root),
         "caveat": "the pool's generator and gate classifier were trained on the whole training split; "
                   "at fractions below 1 the augmented arm therefore carries some knowledge of real images outside its fraction",
         "test_images": len(split.test),
@@ -149,13 +156,13 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
                     real = split.train.subset(r.image_index for r in kept)
                     synthetic = synthetic_for(pool_index, provenance, {r.image_index for r in kept}, ucfg.pool_sources)
                     scfg = cfg.model_copy(update={"classifier": cfg.classifier.model_copy(update={"seed": cfg.classifier.seed + seed})})
-                    cell = out / f"fraction-{fraction:g}" / f"seed-{seed}"
-                    b = _cell(scfg, "base", real, split.val, split.test, cell / "base", run.info.run_id)
+                    cell = Path(f"fraction-{fraction:g}") / f"seed-{seed}"
+                    b = _cell(scfg, "base", real, split.val, split.test, base_root / cell, run.info.run_id)
                     if len(synthetic) == 0:
                         # nothing to add: the augmented arm would retrain the same model on the same data
                         a = {**b, "arm": "augmented", "note": "no synthetic image for this subset: equals base"}
                     else:
-                        a = _cell(scfg, "augmented", real.concat(synthetic), split.val, split.test, cell / "augmented", run.info.run_id)
+                        a = _cell(scfg, "augmented", real.concat(synthetic), split.val, split.test, out / cell / "augmented", run.info.run_id)
                     base.append(b["values"])
                     aug.append(a["values"])
                     cells.append({"seed": seed, "real_images": len(real), "synthetic_images": len(synthetic), "base": b, "augmented": a})
@@ -189,6 +196,22 @@ def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
 
+def interval_text(r: dict[str, Any] | None, key: str, arm: str) -> str:
+    """``mean [low, high]``; AUC bounds are shown inside [0, 1] (differences inside [-1, 1]):
+    a t-interval over 3 seeds can reach past them, which says only that it is wide."""
+    if r is None or r["mean"] is None:
+        return "n/a"
+    signed = arm == "delta" or key == "loss_gap"
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    if r["low"] is None:
+        return fmt.format(r["mean"])
+    lo, hi = r["low"], r["high"]
+    if key != "loss_gap":
+        bound = (-1.0, 1.0) if arm == "delta" else (0.0, 1.0)
+        lo, hi = max(lo, bound[0]), min(hi, bound[1])
+    return f"{fmt.format(r['mean'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The macro and per-finding lines of each fraction: means and intervals, and the paired difference."""
     if any(float(f) < 1 for f in report["fractions"]):
@@ -198,16 +221,9 @@ def print_report(report: dict[str, Any]) -> None:
         get = {(r["key"], r["arm"]): r for r in part["aggregate"]}
         print(f"{'':<20}{'base':>24}{'augmented':>24}{'augmented - base':>26}")
         for key in dict.fromkeys(r["key"] for r in part["aggregate"]):
-            cols = []
-            for arm in ("base", "augmented", "delta"):
-                r = get.get((key, arm))
-                if r is None or r["mean"] is None:
-                    cols.append("n/a")
-                elif r["low"] is None:
-                    cols.append(f"{r['mean']:+.3f}" if arm == "delta" else f"{r['mean']:.3f}")
-                else:
-                    cols.append(f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]" if arm == "delta"
-                                else f"{r['mean']:.3f} [{r['low']:.3f}, {r['high']:.3f}]")
+            cols = [interval_text(get.get((key, arm)), key, arm) for arm in ("base", "augmented", "delta")]
+            if all(c == "n/a" for c in cols):
+                continue  # no positives in the test split: nothing to score
             print(f"{key:<20}{cols[0]:>24}{cols[1]:>24}{cols[2]:>26}")
 
 

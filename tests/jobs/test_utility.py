@@ -1,6 +1,7 @@
 """jobs.utility: which synthetic images an arm may use, and the experiment end to end on a tiny phantom set."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -92,6 +93,9 @@ def test_utility_trains_both_arms_per_seed_reports_intervals_and_resumes(tmp_pat
     saved = json.loads((tmp_path / "out" / "utility.json").read_text())
     assert saved["fractions"]["1"]["aggregate"] == part["aggregate"]
     assert (tmp_path / "out" / "utility-fraction-1.png").is_file()
+    # base cells sit apart from the pool's, to be shared with the next pool compared
+    assert Path(report["base_cells"]).parent == tmp_path / "runs" / "utility"
+    assert (Path(report["base_cells"]) / "fraction-1" / "seed-0" / "scores.json").is_file()
     run = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri).get_run(report["mlflow_run_id"])
     assert "utility.f1.macro.delta.mean" in run.data.metrics
 
@@ -101,3 +105,13 @@ def test_utility_trains_both_arms_per_seed_reports_intervals_and_resumes(tmp_pat
     monkeypatch.setattr(jobs.train_classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained a finished cell"))
     again = run_utility(cfg, "pool", tmp_path / "out")
     assert again["fractions"]["1"]["aggregate"] == part["aggregate"]
+
+
+def test_printed_intervals_stay_inside_the_metrics_range():
+    from jobs.utility import interval_text
+
+    wide = {"mean": 0.785, "low": 0.323, "high": 1.247}
+    assert interval_text(wide, "Cardiomegaly", "base") == "0.785 [0.323, 1.000]"
+    assert interval_text({"mean": 0.1, "low": -1.4, "high": 1.6}, "macro", "delta") == "+0.100 [-1.000, +1.000]"
+    assert interval_text({"mean": 0.7, "low": None, "high": None}, "macro", "base") == "0.700"
+    assert interval_text(None, "macro", "base") == "n/a"

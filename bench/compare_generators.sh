@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Flow-matching inpainting against the LSGAN and VAE baselines, one command per data set:
+#
+#   bash bench/compare_generators.sh configs/local.yaml            # the phantom set
+#   bash bench/compare_generators.sh configs/nih-sample.yaml       # the real NIH sample
+#
+# Needs a finished pipeline run of the same profile (`python -m jobs.pipeline --config ...`):
+# its base classifier (the gate's and the embeddings') and its flow generator. For each
+# generator in KINDS (default "flow vae lsgan") it
+#   1. trains the baseline unless <output_dir>/generator-<kind>/generator.pt exists,
+#   2. makes a pool with the same plan, seeds and gate (jobs.augment),
+#   3. evaluates the pool against the real images (jobs.evaluate: FID with a bootstrap
+#      interval, two-sample test, MS-SSIM diversity, memorisation),
+#   4. measures utility over seeds and data fractions (jobs.utility),
+# and writes one table: bench/results/generators-<profile>.{json,md}. Every step resumes:
+# a finished pool item, evaluation or utility cell is not redone.
+#
+# Environment: PY (python, default .venv/bin/python), KINDS, SETS (extra "--set k=v" arguments
+# for every job, e.g. SETS="--set augment.target_count=20"), UTILITY_SETS (for jobs.utility only,
+# default "--set utility.seeds=3"), EVAL_ARGS (for jobs.evaluate).
+set -euo pipefail
+CONFIG=${1:-configs/local.yaml}
+PY=${PY:-.venv/bin/python}
+KINDS=${KINDS:-flow vae lsgan}
+read -r -a SETS_A <<< "${SETS:-}"
+read -r -a USETS_A <<< "${UTILITY_SETS:---set utility.seeds=3}"
+read -r -a EVAL_A <<< "${EVAL_ARGS:-}"
+
+eval "$($PY - "$CONFIG" "${SETS_A[@]}" <<'EOF'
+import shlex, sys
+from augment.config import load_config
+from augment.data import data_root
+args = sys.argv[2:]
+cfg = load_config(sys.argv[1], [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--set"])
+print(f"OUT={shlex.quote(cfg.output_dir)}; NAME={shlex.quote(cfg.name)}; DATA={shlex.quote(str(data_root(cfg)))}; "
+      f"TRACKING={shlex.quote(cfg.tracking.uri)}")
+EOF
+)"
+CLF="$OUT/classifier/classifier.pt"
+[ -f "$CLF" ] || { echo "no $CLF: run python -m jobs.pipeline --config $CONFIG first" >&2; exit 2; }
+[ -f "$OUT/generator/generator.pt" ] || { echo "no $OUT/generator/generator.pt: run the pipeline first" >&2; exit 2; }
+
+for kind in $KINDS; do
+  echo "== $kind"
+  if [ "$kind" = flow ]; then
+    GEN="$OUT/generator/generator.pt"
+  else
+    GEN="$OUT/generator-$kind/generator.pt"
+    [ -f "$GEN" ] || $PY -m jobs.train_generator --config "$CONFIG" "${SETS_A[@]}" --generator "$kind"
+  fi
+  POOL="$OUT/compare-generators/pool-$kind"
+  $PY -m jobs.augment --config "$CONFIG" "${SETS_A[@]}" --set "augment.output=$POOL" --classifier "$CLF" --generator "$GEN"
+  EVAL="$OUT/compare-generators/evaluate-$kind"
+  [ -f "$EVAL/evaluation.json" ] || $PY -m jobs.evaluate --real "$DATA" --synthetic "$POOL" --classifier "$CLF" \
+      --generator-train "$DATA" --out "$EVAL" --tracking-uri "$TRACKING" --experiment "cxr-augment/$NAME/generators" "${EVAL_A[@]}"
+  $PY -m jobs.utility --config "$CONFIG" "${SETS_A[@]}" "${USETS_A[@]}" --pool "$POOL" --out "$OUT/compare-generators/utility-$kind"
+done
+$PY bench/generators_table.py --root "$OUT/compare-generators" --kinds $KINDS --out "bench/results/generators-$NAME"
