@@ -58,7 +58,8 @@ class TrainedClassifier:
         fit_phases: where ``seconds`` went, from times the rank-0 worker reports: ``start``
             (Ray Train's controller and worker processes, until the loop runs), ``setup`` (model,
             data loaders, resume), ``train`` (the epochs, validation and checkpoints) and
-            ``teardown`` (the final checkpoint until ``fit()`` returns).
+            ``teardown`` (the final checkpoint until ``fit()`` returns). Wall clocks: on a
+            cluster the skew between the driver's and the worker's node enters.
     """
 
     checkpoint_path: Path

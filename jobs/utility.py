@@ -27,6 +27,7 @@ fraction, and logs them to one MLflow run with a child run per classifier.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -147,8 +148,10 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
     }
     started = init_ray(cfg)
     try:
-        with tracking.start_run(cfg, "utility", tags={"cxr.pool": str(pool_root)}) as run:
-            report["mlflow_run_id"] = run.info.run_id
+        run_ctx = (tracking.start_run(cfg, "utility", tags={"cxr.pool": str(pool_root)})
+                   if cfg.tracking.enabled else contextlib.nullcontext(None))
+        with run_ctx as run:
+            run_id = report["mlflow_run_id"] = run.info.run_id if run is not None else None
             for fraction in ucfg.fractions:
                 base, aug, cells = [], [], []
                 for seed in range(ucfg.seeds):
@@ -157,12 +160,12 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
                     synthetic = synthetic_for(pool_index, provenance, {r.image_index for r in kept}, ucfg.pool_sources)
                     scfg = cfg.model_copy(update={"classifier": cfg.classifier.model_copy(update={"seed": cfg.classifier.seed + seed})})
                     cell = Path(f"fraction-{fraction:g}") / f"seed-{seed}"
-                    b = _cell(scfg, "base", real, split.val, split.test, base_root / cell, run.info.run_id)
+                    b = _cell(scfg, "base", real, split.val, split.test, base_root / cell, run_id)
                     if len(synthetic) == 0:
                         # nothing to add: the augmented arm would retrain the same model on the same data
                         a = {**b, "arm": "augmented", "note": "no synthetic image for this subset: equals base"}
                     else:
-                        a = _cell(scfg, "augmented", real.concat(synthetic), split.val, split.test, out / cell / "augmented", run.info.run_id)
+                        a = _cell(scfg, "augmented", real.concat(synthetic), split.val, split.test, out / cell / "augmented", run_id)
                     base.append(b["values"])
                     aug.append(a["values"])
                     cells.append({"seed": seed, "real_images": len(real), "synthetic_images": len(synthetic), "base": b, "augmented": a})
@@ -172,17 +175,19 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
                 fig_path = out / f"utility-fraction-{fraction:g}.png"
                 save_figure(utility_figure(rows, title=f"test AUC over {ucfg.seeds} seeds, {fraction:g} of the real data"), fig_path)
                 report["fractions"][f"{fraction:g}"] = {"cells": cells, "aggregate": [r.to_dict() for r in rows]}
-                tracking.metrics_to_mlflow({
-                    f"utility.f{fraction:g}.{r.key}.{r.arm}.{stat}": getattr(r, stat)
-                    for r in rows for stat in ("mean", "low", "high")
-                })
+                if run is not None:
+                    import mlflow
+
+                    tracking.metrics_to_mlflow({
+                        f"utility.f{fraction:g}.{r.key}.{r.arm}.{stat}": getattr(r, stat)
+                        for r in rows for stat in ("mean", "low", "high")
+                    })
+                    mlflow.log_artifact(str(fig_path))
+            atomic_write_bytes(out / "utility.json", json.dumps(report, indent=1, default=str).encode())
+            if run is not None:
                 import mlflow
 
-                mlflow.log_artifact(str(fig_path))
-            atomic_write_bytes(out / "utility.json", json.dumps(report, indent=1, default=str).encode())
-            import mlflow
-
-            mlflow.log_artifact(str(out / "utility.json"))
+                mlflow.log_artifact(str(out / "utility.json"))
     finally:
         if started:
             import ray
