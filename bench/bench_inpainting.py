@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generator", default=None)
     p.add_argument("--n-per-finding", type=int, default=20)
     p.add_argument("--findings", nargs="*", default=None, help="acceptance: only these findings")
+    p.add_argument("--key", default=None, help="acceptance: the results key to write (default from --findings/--other)")
     p.add_argument("--other", nargs="*", default=[], metavar="NAME=CHECKPOINT",
                    help="acceptance: more generators to compare, e.g. lsgan=runs/local/generator-lsgan/generator.pt")
     args = p.parse_args(argv)
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.classifier and args.generator):
             p.error("--acceptance needs --classifier and --generator checkpoints")
         others = dict(o.split("=", 1) for o in args.other)
-        key = "acceptance" if not (args.findings or others) else "acceptance_" + "_".join(sorted(others) or ["flow"])
+        key = args.key or ("acceptance" if not (args.findings or others) else "acceptance_" + "_".join(sorted(others) or ["flow"]))
         result[key] = bench_acceptance(
             args.config, args.classifier, args.generator, args.steps, args.n_per_finding, args.threads, args.findings, others
         )
