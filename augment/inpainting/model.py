@@ -340,8 +340,9 @@ def inference_layout(model: nn.Module) -> nn.Module:
 
     oneDNN runs the UNet's convolutions ~30% faster per pass in this layout (a batch of 32
     64x64 crops: 0.63 s against 0.90 s on 2 AVX2 cores), with the same outputs to 1e-5. A
-    training step is slower in it (0.54 s against 0.46 s), so only loaded models get it;
-    on a GPU the layout is left as it is (not measured here).
+    training step is slower in it (0.54 s against 0.46 s), so only loaded models get it. It
+    applies to weights on the CPU; a model loaded there and moved to a GPU keeps the layout
+    (cuDNN supports it; its speed there was not measured here).
     """
     try:
         on_cpu = next(model.parameters()).device.type == "cpu"
