@@ -179,9 +179,9 @@ def bench_ray_overhead(arch: str, n_images: int, n_val: int, size: int, threads:
 
 def _report_only(config: dict) -> None:
     """A Ray Train loop that does nothing but report once: what a fit costs with no work."""
-    import ray.train
-
     import tempfile
+
+    import ray.train
 
     # Ray Train V2 returns the metrics of the last report that carried a checkpoint.
     with tempfile.TemporaryDirectory() as d:

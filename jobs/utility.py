@@ -107,6 +107,8 @@ def _cell(
 
 def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the experiment of ``cfg.utility``; returns the report written to ``utility.json``."""
+    import mlflow
+
     from augment import tracking
     from augment.augmentation.pool import PoolWriter
     from augment.data import load_index
@@ -176,8 +178,6 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
                 save_figure(utility_figure(rows, title=f"test AUC over {ucfg.seeds} seeds, {fraction:g} of the real data"), fig_path)
                 report["fractions"][f"{fraction:g}"] = {"cells": cells, "aggregate": [r.to_dict() for r in rows]}
                 if run is not None:
-                    import mlflow
-
                     tracking.metrics_to_mlflow({
                         f"utility.f{fraction:g}.{r.key}.{r.arm}.{stat}": getattr(r, stat)
                         for r in rows for stat in ("mean", "low", "high")
@@ -185,8 +185,6 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
                     mlflow.log_artifact(str(fig_path))
             atomic_write_bytes(out / "utility.json", json.dumps(report, indent=1, default=str).encode())
             if run is not None:
-                import mlflow
-
                 mlflow.log_artifact(str(out / "utility.json"))
     finally:
         if started:
