@@ -58,7 +58,8 @@ def realism(ev: Path) -> dict[str, Any] | None:
            for f, v in d.get("diversity", {}).items()}
     mem = d.get("memorisation", {})
     return {"fid": fid, "two_sample": ts, "ms_ssim": div, "near_copies": len(mem.get("flagged", [])) if mem else None,
-            "n_real": d["inputs"]["n_real"], "n_synthetic": d["inputs"]["n_synthetic"]}
+            "n_real": d["inputs"]["n_real"], "n_synthetic": d["inputs"]["n_synthetic"],
+            "include_rejected": bool(d["inputs"].get("include_rejected"))}
 
 
 def utility(ut: Path) -> dict[str, Any] | None:
@@ -89,16 +90,22 @@ def markdown(res: dict[str, Any]) -> str:
         out = fmt.format(d[key])
         return out + (f" [{fmt.format(d['low'])}, {fmt.format(d['high'])}]" if d.get("low") is not None else "")
 
+    evaluated = {(r["realism"] or {}).get("include_rejected") for r in res["generators"].values() if r["realism"]}
+    if evaluated:
+        lines += ["Realism measured on " + " / ".join(
+            "every generated image, the gate's rejects included (--include-rejected)" if e else "the images the gate accepted"
+            for e in sorted(evaluated)) + ".", ""]
     lines += ["| generator | accepted / items | FID, classifier features [95%] | FID, 32x32 pixels [95%] | "
-              "two-sample AUC, whole image [95%] | two-sample AUC, crops [95%] | near-copies |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "two-sample AUC, whole image [95%] | two-sample AUC, crops [95%] | near-copies | real / synthetic evaluated |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for kind, r in res["generators"].items():
         acc = r["acceptance"]
         rl = r["realism"] or {}
         fid, ts = rl.get("fid") or {}, rl.get("two_sample") or {}
         acc_s = "n/a" if not acc else f"{acc['accepted']} / {acc['items']}"
         lines.append(f"| {kind} | {acc_s} | {iv(fid.get('classifier'), 'fid', '{:.2f}')} | {iv(fid.get('pixels'), 'fid', '{:.2f}')} | "
-                     f"{iv(ts.get('image'), 'auc', '{:.3f}')} | {iv(ts.get('crop'), 'auc', '{:.3f}')} | {rl.get('near_copies', 'n/a')} |")
+                     f"{iv(ts.get('image'), 'auc', '{:.3f}')} | {iv(ts.get('crop'), 'auc', '{:.3f}')} | {rl.get('near_copies', 'n/a')} | "
+                     f"{rl.get('n_real', 'n/a')} / {rl.get('n_synthetic', 'n/a')} |")
     findings = sorted({f for r in res["generators"].values() for f in ((r["realism"] or {}).get("ms_ssim") or {})})
     if findings:
         lines += ["", "Acceptance and diversity per finding (MS-SSIM among samples of one finding: lower = more diverse; real images of the finding in parentheses).", "",

@@ -63,6 +63,27 @@ def _provenance(root: Path) -> dict[str, dict[str, str]]:
         return {row["image"]: row for row in csv.DictReader(fh) if row.get("image")}
 
 
+def _with_rejected(syn_idx: NIHIndex, prov: dict[str, dict[str, str]], root: Path) -> tuple[NIHIndex, int]:
+    """The pool's accepted images followed by the ones the gate rejected (``rejected/``).
+
+    A rejected image has no ``Data_Entry_2017.csv`` row; its record is made from the
+    provenance row: the planned finding as its label, the healthy source's patient.
+
+    Raises:
+        DataError: the pool has no ``provenance.csv`` to say which images were rejected.
+    """
+    if not prov:
+        raise DataError(f"--include-rejected needs the pool's provenance.csv, and {root} has none (is it a jobs.augment pool?)")
+    folder = root / "rejected"
+    recs = tuple(
+        Record(image_index=name, labels=(row["finding"],), patient_id=int(row.get("source_patient") or 0))
+        for name, row in sorted(prov.items())
+        if row.get("accepted") != "True" and row.get("finding") in FINDINGS and (folder / name).is_file()
+    )
+    rejected = NIHIndex(root=root, records=recs, image_dirs={r.image_index: folder for r in recs})
+    return syn_idx.concat(rejected), len(recs)
+
+
 def _finding_of(rec: Record, prov: dict[str, str] | None) -> str:
     if prov and prov.get("finding") in FINDINGS:
         return prov["finding"]
@@ -109,8 +130,13 @@ def evaluate(
     max_pairs: int = 100,
     two_sample_epochs: int = 10,
     xrv_weights: str | None = None,
+    include_rejected: bool = False,
 ) -> dict[str, Any]:
     """Compute every measure, write ``evaluation.json`` and the figures into ``out``.
+
+    With ``include_rejected`` the synthetic set is every image the generator made, the
+    ones the quality gate rejected included: the realism of the generator itself, which is
+    what to read where the gate's classifier is too weak to be trusted (the NIH sample).
 
     Returns:
         The content of ``evaluation.json`` (keys :data:`EVALUATION_KEYS`, plus ``skipped``
@@ -127,6 +153,12 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     real_idx, syn_idx = load_index(real), load_index(synthetic)
     prov = _provenance(Path(synthetic))
+    n_accepted, n_rejected = len(syn_idx), 0
+    if include_rejected:
+        syn_idx, n_rejected = _with_rejected(syn_idx, prov, Path(synthetic))
+    if len(syn_idx) == 0:
+        raise DataError(f"{synthetic} holds no synthetic image to evaluate"
+                        + ("" if include_rejected else " (the gate accepted none: --include-rejected evaluates the rejected ones too)"))
     real_recs = _sample(real_idx.records, max_images, seed)
     syn_recs = _sample(syn_idx.records, max_images, seed + 1)
     syn_prov = [prov.get(r.image_index) for r in syn_recs]
@@ -292,7 +324,8 @@ def evaluate(
         "inputs": {"real": str(real), "synthetic": str(synthetic), "classifier": str(classifier),
                    "generator_train": None if generator_train is None else str(generator_train), "n_real": len(real_recs),
                    "n_synthetic": len(syn_recs), "image_size": image_size, "classifier_image_size": clf_size, "seed": seed,
-                   "n_boot": n_boot, "max_pairs": max_pairs, "masks": masks is not None, "provenance": bool(prov)},
+                   "n_boot": n_boot, "max_pairs": max_pairs, "masks": masks is not None, "provenance": bool(prov),
+                   "include_rejected": include_rejected, "pool_accepted": n_accepted, "pool_rejected": n_rejected},
         "fidelity": fid_out,
         "fid": fid_res,
         "diversity": diversity,
@@ -345,13 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pairs", type=int, default=100, help="MS-SSIM pairs per finding")
     p.add_argument("--epochs", type=int, default=10, help="two-sample discriminator epochs")
     p.add_argument("--xrv-weights", default=None, help="torchxrayvision DenseNet weights name or local file, for an extra FID")
+    p.add_argument("--include-rejected", action="store_true",
+                   help="evaluate the gate's rejected images too (the generator's realism, not the gated pool's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from augment.classifier.checkpoint import CheckpointError
 
     try:
         result = evaluate(args.real, args.synthetic, args.classifier, args.out, args.generator_train, args.max_images,
-                          args.image_size, args.seed, args.n_boot, args.max_pairs, args.epochs, args.xrv_weights)
+                          args.image_size, args.seed, args.n_boot, args.max_pairs, args.epochs, args.xrv_weights,
+                          args.include_rejected)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

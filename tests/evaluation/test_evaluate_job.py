@@ -34,8 +34,8 @@ def inputs(tmp_path, make_nih_folder):
         name = f"syn_{finding.lower()}_{i:05d}_{src.image_index}"
         row = ProvenanceRow(
             item_id=f"{finding}-{i:05d}", image=name, finding=finding, source=src.image_index, source_patient=src.patient_id,
-            reference="", mask=name, mask_area=float(mask.mean()), prob_before=0.1, prob_after=0.6, accepted=True,
-            reason="ok", registration_ncc=None, generator_run="test", seed=i,
+            reference="", mask=name, mask_area=float(mask.mean()), prob_before=0.1, prob_after=0.6, accepted=i % 3 != 0,
+            reason="ok" if i % 3 else "no rise", registration_ncc=None, generator_run="test", seed=i,
         )
         writer.write_item(row, img, mask)
     writer.finalize()
@@ -56,11 +56,11 @@ def test_evaluate_writes_json_figures_and_mlflow_run(inputs, tmp_path, capsys):
     assert main(argv) == 0
     res = json.loads((out / "evaluation.json").read_text())
     assert set(EVALUATION_KEYS) <= set(res)
-    assert res["inputs"]["n_real"] == 12 and res["inputs"]["n_synthetic"] == 12
-    assert res["inputs"]["masks"] and res["inputs"]["provenance"]
+    assert res["inputs"]["n_real"] == 12 and res["inputs"]["n_synthetic"] == 8  # the gate's 8, not its 4 rejected
+    assert res["inputs"]["masks"] and res["inputs"]["provenance"] and not res["inputs"]["include_rejected"]
     assert set(res["fid"]) == {"classifier", "pixels"} and res["fid"]["classifier"]["n_real"] == 12
     assert res["fid"]["classifier"]["low"] is not None
-    assert res["fidelity"]["cosine_to_source"]["n"] == 12
+    assert res["fidelity"]["cosine_to_source"]["n"] == 8
     assert "overall" in res["fidelity"]["embedding_silhouette"]
     assert set(res["diversity"]) == {"Effusion", "Nodule"}
     assert set(res["two_sample"]) == {"image", "crop"}
@@ -79,6 +79,29 @@ def test_evaluate_writes_json_figures_and_mlflow_run(inputs, tmp_path, capsys):
     run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary["mlflow_run_id"])
     assert run.data.metrics["fid_classifier"] == pytest.approx(m["fid_classifier"])
     assert run.data.params["evaluate.n_real"] == "12"
+
+
+def test_evaluate_include_rejected_reads_the_gates_rejects(inputs, tmp_path):
+    real, train, pool, clf = inputs
+    out = tmp_path / "out"
+    argv = ["--real", str(real), "--synthetic", str(pool), "--classifier", str(clf), "--generator-train", str(train),
+            "--out", str(out), "--image-size", "32", "--max-images", "12", "--n-boot", "5", "--epochs", "1",
+            "--max-pairs", "5", "--include-rejected"]
+    assert main(argv) == 0
+    res = json.loads((out / "evaluation.json").read_text())
+    assert res["inputs"]["n_synthetic"] == 12
+    assert (res["inputs"]["pool_accepted"], res["inputs"]["pool_rejected"]) == (8, 4)
+    assert res["fidelity"]["cosine_to_source"]["n"] == 12  # rejected images keep their provenance source
+    assert res["two_sample"]["crop"]["n_test"] > 0  # and their masks
+    assert set(res["diversity"]) == {"Effusion", "Nodule"}
+
+
+def test_evaluate_without_provenance_cannot_include_rejected(tmp_path, make_nih_folder, inputs, capsys):
+    real, _, _, clf = inputs
+    plain = make_nih_folder([(f"{200 + i:08d}_000.png", "Effusion", 200 + i) for i in range(4)], size=32, name="plain")
+    argv = ["--real", str(real), "--synthetic", str(plain), "--classifier", str(clf), "--out", str(tmp_path / "o"), "--include-rejected"]
+    assert main(argv) == 2
+    assert "provenance.csv" in capsys.readouterr().err
 
 
 def test_evaluate_reports_bad_inputs(inputs, tmp_path, capsys):
