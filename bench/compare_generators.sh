@@ -17,7 +17,9 @@
 #
 # Environment: PY (python, default .venv/bin/python), KINDS, SETS (extra "--set k=v" arguments
 # for every job, e.g. SETS="--set augment.target_count=20"), UTILITY_SETS (for jobs.utility only,
-# default "--set utility.seeds=3"), EVAL_ARGS (for jobs.evaluate).
+# default "--set utility.seeds=3"), EVAL_ARGS (for jobs.evaluate; EVAL_ARGS=--include-rejected
+# measures every generated image, the gate's rejects included, which is what to read where the
+# gate's classifier is weak, as on the NIH sample).
 set -euo pipefail
 CONFIG=${1:-configs/local.yaml}
 PY=${PY:-.venv/bin/python}
@@ -51,8 +53,12 @@ for kind in $KINDS; do
   POOL="$OUT/compare-generators/pool-$kind"
   $PY -m jobs.augment --config "$CONFIG" "${SETS_A[@]}" --set "augment.output=$POOL" --classifier "$CLF" --generator "$GEN"
   EVAL="$OUT/compare-generators/evaluate-$kind"
-  [ -f "$EVAL/evaluation.json" ] || $PY -m jobs.evaluate --real "$DATA" --synthetic "$POOL" --classifier "$CLF" \
+  # an evaluation made with other EVAL_ARGS is redone, not reused
+  if [ ! -f "$EVAL/evaluation.json" ] || [ "$(cat "$EVAL/eval-args" 2>/dev/null)" != "${EVAL_ARGS:-}" ]; then
+    $PY -m jobs.evaluate --real "$DATA" --synthetic "$POOL" --classifier "$CLF" \
       --generator-train "$DATA" --out "$EVAL" --tracking-uri "$TRACKING" --experiment "cxr-augment/$NAME/generators" "${EVAL_A[@]}"
+    printf '%s' "${EVAL_ARGS:-}" > "$EVAL/eval-args"
+  fi
   $PY -m jobs.utility --config "$CONFIG" "${SETS_A[@]}" "${USETS_A[@]}" --pool "$POOL" --out "$OUT/compare-generators/utility-$kind"
 done
 $PY bench/generators_table.py --root "$OUT/compare-generators" --kinds $KINDS --out "bench/results/generators-$NAME"
