@@ -118,7 +118,9 @@ class RegisterStep:
             rows.append(i)
         if rows:
             healthy = torch.from_numpy(image[rows])[:, None]
-            tr = self._transfer(healthy, torch.stack(refs), torch.stack(maps), self.cfg.registration)
+            att = self.cfg.attention
+            tr = self._transfer(healthy, torch.stack(refs), torch.stack(maps), self.cfg.registration,
+                                min_area=att.min_area, max_area=att.max_area)
             m = tr.mask[:, 0].cpu().numpy()
             for j, i in enumerate(rows):
                 mask[i] = m[j]

@@ -6,7 +6,8 @@ For each healthy radiograph and target finding(s):
    references of each finding are ranked by similarity (:func:`choose_references`);
 2. sample ``j`` takes the ``j mod k``-th best reference of each finding and carries its
    attention map onto the healthy image (:func:`transfer_region`: Demons at S, the map
-   kept inside the body); the maps of several findings are merged (maximum);
+   kept inside the body and to its strongest ``attention.max_area``); the maps of several
+   findings are merged (maximum);
 3. the merged map is brought back to the image's own size and thresholded: that mask is
    repainted by the flow-matching inpainter at the image's resolution (crops around the
    mask), with the findings as a multi-hot condition and the sample's own seed;
@@ -260,9 +261,10 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
     fixed = torch.cat([small[ri] for ri, _, _ in keys])
     moving = torch.stack([bank.images[f][idx] for _, f, idx in keys])
     ref_maps = torch.stack([bank.maps[f][idx] for _, f, idx in keys])
-    region = transfer_region(fixed, moving, ref_maps, reg_cfg)
+    region = transfer_region(fixed, moving, ref_maps, reg_cfg, min_area=cfg.attention.min_area, max_area=cfg.attention.max_area)
     reg = region.registration
-    carried = region.map.detach().float().cpu()  # (P, 1, S, S), zero outside the body
+    # (P, 1, S, S): the carried map inside each pair's bounded region, zero elsewhere
+    carried = (region.map * region.mask).detach().float().cpu()
 
     # 3. masks at each image's own size, then inpainting grouped by (size, steps, guidance).
     items = []  # (request, sample, seed, mask (1,1,H,W) bool, references)

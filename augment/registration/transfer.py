@@ -4,7 +4,10 @@
 the healthy image, pulls the reference's attention map through the same field
 (bilinear), thresholds it at ``cfg.mask_threshold`` and keeps only the part inside the
 healthy image's body mask (:func:`augment.registration.body.body_mask`), so the region to
-repaint never falls outside the patient.
+repaint never falls outside the patient. With ``max_area`` the region is held to the same
+size bounds as an attention mask (:func:`augment.attention.base.to_mask`: only the
+strongest part of a diffuse map is kept), so a weak classifier's map spread over the
+whole chest does not ask the inpainter to repaint most of the image.
 
 Demons matches intensities, so it will happily *register the finding away*: a bright
 effusion on the reference is squeezed until it looks like the healthy image's diaphragm,
@@ -17,17 +20,15 @@ and its map: ``registration.warped`` shows the finding where the mask now lies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
+from augment.attention.base import to_mask
 from augment.config import RegistrationConfig
 from augment.registration.body import body_mask
 from augment.registration.checks import check_map, check_pair
-from dataclasses import replace
-
-import torch.nn.functional as F
-
 from augment.registration.api import Registration, register, warp_map
 from augment.registration.smoothing import gaussian_blur
 
@@ -39,7 +40,8 @@ class RegionTransfer:
     """The region to repaint on each healthy image.
 
     Attributes:
-        mask: (B, 1, H, W) bool, the warped map >= threshold, inside the body.
+        mask: (B, 1, H, W) bool, the warped map >= threshold, inside the body (its strongest
+            ``max_area`` when the transfer was bounded).
         map: (B, 1, H, W) float in [0, 1], the warped attention map, zero outside the body.
         body: (B, 1, H, W) bool body mask of the healthy images.
         outside_fraction: (B,) share of the thresholded warped map that fell outside the
@@ -88,6 +90,8 @@ def transfer_region(
     reference_map: torch.Tensor,
     cfg: RegistrationConfig | None = None,
     generator: torch.Generator | None = None,
+    min_area: float = 0.0,
+    max_area: float | None = None,
 ) -> RegionTransfer:
     """Register ``reference`` onto ``healthy`` and carry ``reference_map`` along.
 
@@ -98,6 +102,10 @@ def transfer_region(
             [0, 1] (a boolean mask works too).
         cfg: registration settings; ``cfg.mask_threshold`` cuts the warped map.
         generator: passed to :func:`~augment.registration.api.register`.
+        min_area, max_area: fractions of the image (``attention.min_area``/``max_area``).
+            With ``max_area``, a region over it keeps only its strongest pixels, and one
+            under ``min_area`` becomes empty (see :func:`~augment.attention.base.to_mask`);
+            without it the region is not bounded.
 
     Returns:
         :class:`RegionTransfer`.
@@ -119,6 +127,8 @@ def transfer_region(
     body = body_mask(healthy)
     raw = warped >= cfg.mask_threshold
     mask = raw & body
+    if max_area is not None:
+        mask = to_mask(warped * body, cfg.mask_threshold, min_area, max_area)
     n_raw = raw.flatten(1).sum(dim=1).float()
     outside = (raw & ~body).flatten(1).sum(dim=1).float() / n_raw.clamp_min(1.0)  # 0 when the map is empty
     return RegionTransfer(mask=mask, map=warped * body, body=body, outside_fraction=outside, registration=reg)

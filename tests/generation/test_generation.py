@@ -103,6 +103,25 @@ def test_generate_batch_equals_requests_alone_and_keeps_pixels_outside_the_mask(
     assert together[0].samples[0].references[0].rank == 0 and together[0].samples[1].references[0].rank == 1
 
 
+def test_generate_holds_each_region_to_attention_max_area(setup):
+    cfg, bundle, healthy, *_ = setup
+    req = GenerationRequest(healthy, ("Cardiomegaly",), seed=0)
+
+    def with_max_area(a):
+        return cfg.model_copy(update={"attention": cfg.attention.model_copy(update={"min_area": 0.0, "max_area": a})})
+
+    (free,) = generate_batch(bundle, with_max_area(1.0), [req])
+    area = free.samples[0].references[0].region_fraction
+    assert area > 0
+    (same,) = generate_batch(bundle, with_max_area(min(1.0, 2 * area)), [req])
+    assert torch.equal(same.samples[0].mask, free.samples[0].mask)
+    # the tiny setup's maps are flat masks: one over the bound cannot be narrowed and is refused
+    (tight,) = generate_batch(bundle, with_max_area(0.5 * area), [req])
+    s = tight.samples[0]
+    assert s.references[0].region_fraction <= 0.5 * area
+    assert (s.mask <= free.samples[0].mask).all()
+
+
 def test_generate_at_the_images_own_size(setup):
     cfg, bundle, healthy, *_ = setup
     big = torch.nn.functional.interpolate(healthy, size=(96, 80), mode="bilinear", align_corners=False).clamp(0, 1)

@@ -78,6 +78,22 @@ def test_transfer_carries_a_known_shift():
     assert overlap > 0.8
 
 
+def test_transfer_bounds_a_diffuse_map_to_its_strongest_part():
+    """A weak classifier's map covers the chest; the bounded region keeps only its peak."""
+    img, body = _phantom(64)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    amap = (1.0 - ((yy - 30) ** 2 + (xx - 22) ** 2) / 3000).clamp(0, 1)[None, None]  # >= 0.5 over ~40% of the image
+    cfg = RegistrationConfig(iterations=5, prealign="none", pyramid_levels=1, fill_lesion=False)
+    free = transfer_region(img, img, amap, cfg)
+    bounded = transfer_region(img, img, amap, cfg, min_area=0.002, max_area=0.1)
+    assert free.mask.float().mean() > 0.3
+    area = bounded.mask.float().mean()
+    assert 0.08 < area <= 0.1
+    assert (bounded.mask <= free.mask).all() and bounded.mask[0, 0, 30, 22]  # a subset, around the peak
+    tiny = transfer_region(img, img, (amap > 0.999).float(), cfg, min_area=0.01, max_area=0.1)
+    assert not tiny.mask.any()  # under min_area: nothing to repaint
+
+
 def test_transfer_rejects_a_map_of_the_wrong_shape(real_images):
     imgs = real_images[128]
     with pytest.raises(ValueError, match="reference_map"):
