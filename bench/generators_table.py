@@ -5,7 +5,8 @@
     python bench/generators_table.py --root runs/local/compare-generators --kinds flow vae lsgan \
         --out bench/results/generators-local
 
-Reads, per generator kind, ``pool-<kind>/provenance.csv`` (the gate's decisions),
+Reads, per generator kind (``identity``: the unpainted control of ``bench/identity_pool.py``),
+``pool-<kind>/provenance.csv`` (the gate's decisions),
 ``evaluate-<kind>/evaluation.json`` (jobs.evaluate) and ``utility-<kind>/utility.json``
 (jobs.utility), and writes ``<out>.json`` and ``<out>.md``. A part that is missing is
 reported as missing, not as a number.
@@ -36,6 +37,8 @@ def acceptance(pool: Path) -> dict[str, Any] | None:
         return None
     with open(path, encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
+    if rows and all(r["reason"] == "identity" for r in rows):
+        return {"items": len(rows), "gated": False}  # bench/identity_pool.py's control: nothing painted, nothing gated
     per: dict[str, list[int]] = {}
     for r in rows:
         per.setdefault(r["finding"], [0, 0])[r["accepted"] == "True"] += 1
@@ -102,7 +105,7 @@ def markdown(res: dict[str, Any]) -> str:
         acc = r["acceptance"]
         rl = r["realism"] or {}
         fid, ts = rl.get("fid") or {}, rl.get("two_sample") or {}
-        acc_s = "n/a" if not acc else f"{acc['accepted']} / {acc['items']}"
+        acc_s = "n/a" if not acc else (f"{acc['accepted']} / {acc['items']}" if acc.get("gated", True) else f"not gated / {acc['items']}")
         lines.append(f"| {kind} | {acc_s} | {iv(fid.get('classifier'), 'fid', '{:.2f}')} | {iv(fid.get('pixels'), 'fid', '{:.2f}')} | "
                      f"{iv(ts.get('image'), 'auc', '{:.3f}')} | {iv(ts.get('crop'), 'auc', '{:.3f}')} | {rl.get('near_copies', 'n/a')} | "
                      f"{rl.get('n_real', 'n/a')} / {rl.get('n_synthetic', 'n/a')} |")
