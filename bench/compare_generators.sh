@@ -6,13 +6,15 @@
 #
 # Needs a finished pipeline run of the same profile (`python -m jobs.pipeline --config ...`):
 # its base classifier (the gate's and the embeddings') and its flow generator. For each
-# generator in KINDS (default "flow vae lsgan") it
+# generator in KINDS (default "flow vae lsgan identity") it
 #   1. trains the baseline unless <output_dir>/generator-<kind>/generator.pt exists,
 #   2. makes a pool with the same plan, seeds and gate (jobs.augment),
 #   3. evaluates the pool against the real images (jobs.evaluate: FID with a bootstrap
 #      interval, two-sample test, MS-SSIM diversity, memorisation),
 #   4. measures utility over seeds and data fractions (jobs.utility),
-# and writes one table: bench/results/generators-<profile>.{json,md}. Every step resumes:
+# and writes one table: bench/results/generators-<profile>.{json,md}. "identity" is the
+# unpainted control (bench/identity_pool.py): flow's items with nothing painted, evaluated
+# like the others, so the table shows how far each measure is from real for the sources alone. Every step resumes:
 # a finished pool item, evaluation or utility cell is not redone.
 #
 # Environment: PY (python, default .venv/bin/python), KINDS, SETS (extra "--set k=v" arguments
@@ -23,7 +25,7 @@
 set -euo pipefail
 CONFIG=${1:-configs/local.yaml}
 PY=${PY:-.venv/bin/python}
-KINDS=${KINDS:-flow vae lsgan}
+KINDS=${KINDS:-flow vae lsgan identity}
 read -r -a SETS_A <<< "${SETS:-}"
 read -r -a USETS_A <<< "${UTILITY_SETS:---set utility.seeds=3}"
 read -r -a EVAL_A <<< "${EVAL_ARGS:-}"
@@ -44,14 +46,18 @@ CLF="$OUT/classifier/classifier.pt"
 
 for kind in $KINDS; do
   echo "== $kind"
-  if [ "$kind" = flow ]; then
+  POOL="$OUT/compare-generators/pool-$kind"
+  if [ "$kind" = identity ]; then
+    # the control: the flow pool's items with their sources unpainted (needs flow's pool first)
+    [ -f "$OUT/compare-generators/pool-flow/provenance.csv" ] || { echo "identity needs the flow pool: put flow before it in KINDS" >&2; exit 2; }
+    $PY bench/identity_pool.py --pool "$OUT/compare-generators/pool-flow" --data "$DATA" --out "$POOL"
+  elif [ "$kind" = flow ]; then
     GEN="$OUT/generator/generator.pt"
   else
     GEN="$OUT/generator-$kind/generator.pt"
     [ -f "$GEN" ] || $PY -m jobs.train_generator --config "$CONFIG" "${SETS_A[@]}" --generator "$kind"
   fi
-  POOL="$OUT/compare-generators/pool-$kind"
-  $PY -m jobs.augment --config "$CONFIG" "${SETS_A[@]}" --set "augment.output=$POOL" --classifier "$CLF" --generator "$GEN"
+  [ "$kind" = identity ] || $PY -m jobs.augment --config "$CONFIG" "${SETS_A[@]}" --set "augment.output=$POOL" --classifier "$CLF" --generator "$GEN"
   EVAL="$OUT/compare-generators/evaluate-$kind"
   # an evaluation made with other EVAL_ARGS is redone, not reused
   if [ ! -f "$EVAL/evaluation.json" ] || [ "$(cat "$EVAL/eval-args" 2>/dev/null)" != "${EVAL_ARGS:-}" ]; then
@@ -59,6 +65,7 @@ for kind in $KINDS; do
       --generator-train "$DATA" --out "$EVAL" --tracking-uri "$TRACKING" --experiment "cxr-augment/$NAME/generators" "${EVAL_A[@]}"
     printf '%s' "${EVAL_ARGS:-}" > "$EVAL/eval-args"
   fi
-  $PY -m jobs.utility --config "$CONFIG" "${SETS_A[@]}" "${USETS_A[@]}" --pool "$POOL" --out "$OUT/compare-generators/utility-$kind"
+  # nothing painted, nothing to learn from: the control has no utility run
+  [ "$kind" = identity ] || $PY -m jobs.utility --config "$CONFIG" "${SETS_A[@]}" "${USETS_A[@]}" --pool "$POOL" --out "$OUT/compare-generators/utility-$kind"
 done
 $PY bench/generators_table.py --root "$OUT/compare-generators" --kinds $KINDS --out "bench/results/generators-$NAME"
