@@ -5,7 +5,7 @@
     python bench/identity_pool.py --pool runs/nih-sample/compare-generators/pool-flow \
         --data ../shared/data/nih-sample --out runs/nih-sample/compare-generators/pool-identity
 
-For every item of an existing pool (its ``provenance.csv``) it writes the item's healthy
+For every item of an existing pool (its ``items/`` records, as in ``provenance.csv``) it writes the item's healthy
 source image as it entered the generator (read at the pool's image size, stored as the
 same 8-bit PNG), with the item's mask and finding label, but nothing painted. Evaluated by
 ``jobs.evaluate`` like a generator's pool, it gives the floor of every realism measure:
@@ -17,14 +17,14 @@ are not gated (``reason`` is ``identity``), so the table reports no acceptance f
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from augment.augmentation.pool import PROVENANCE_COLUMNS, PoolWriter, ProvenanceRow  # noqa: E402
+from augment.augmentation.pool import PoolWriter  # noqa: E402
 from augment.data.io import read_image  # noqa: E402
 from augment.data.nih import DataError, load_index  # noqa: E402
 
@@ -33,33 +33,25 @@ IDENTITY = "identity"
 
 def build(pool: Path, data: Path, out: Path) -> int:
     """Write the control pool; returns the number of items. Finished items are kept (resumable)."""
-    prov = pool / "provenance.csv"
-    if not prov.is_file():
-        raise DataError(f"{prov} not found: --pool must be a finished jobs.augment pool")
-    with open(prov, encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = PoolWriter(str(pool)).rows()  # the pool's own item records, typed
     if not rows:
-        raise DataError(f"{prov} has no items")
+        raise DataError(f"{pool} has no finished items (no provenance.csv or items/): --pool must be a jobs.augment pool")
     index = load_index(data)
-    sample = rows[0]
-    first = pool / ("images" if sample["accepted"] == "True" else "rejected") / sample["image"]
+    first = pool / ("images" if rows[0].accepted else "rejected") / rows[0].image
     size = read_image(first).shape[0]
     writer = PoolWriter(str(out))
     done = writer.done_ids()
     records = {r.image_index: r for r in index.records}
-    for r in rows:
-        if r["item_id"] in done:
+    for row in rows:
+        if row.item_id in done:
             continue
-        if r["source"] not in records:
-            raise DataError(f"source {r['source']} of item {r['item_id']} is not in {data}: pass the folder the pool was made from")
-        image = read_image(index.path(records[r["source"]]), size)
-        mask = read_image(pool / "masks" / r["mask"], size) > 0.5
-        values = {k: r.get(k) for k in PROVENANCE_COLUMNS}
-        values.update(
-            source_patient=int(r["source_patient"]), mask_area=float(mask.mean()), prob_before=None, prob_after=None,
-            accepted=True, reason=IDENTITY, registration_ncc=None, generator_run=IDENTITY, seed=int(r["seed"]),
-        )
-        writer.write_item(ProvenanceRow(**values), image, mask)
+        if row.source not in records:
+            raise DataError(f"source {row.source} of item {row.item_id} is not in {data}: pass the folder the pool was made from")
+        image = read_image(index.path(records[row.source]), size)
+        mask = read_image(pool / "masks" / row.mask, size) > 0.5
+        control = replace(row, mask_area=float(mask.mean()), prob_before=None, prob_after=None, accepted=True,
+                          reason=IDENTITY, registration_ncc=None, generator_run=IDENTITY)
+        writer.write_item(control, image, mask)
     writer.finalize(records)
     return len(rows)
 

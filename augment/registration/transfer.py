@@ -126,9 +126,7 @@ def transfer_region(
     warped = warp_map(reference_map, reg)
     body = body_mask(healthy)
     raw = warped >= cfg.mask_threshold
-    mask = raw & body
-    if max_area is not None:
-        mask = to_mask(warped * body, cfg.mask_threshold, min_area, max_area)
+    mask = raw & body if max_area is None else to_mask(warped * body, cfg.mask_threshold, min_area, max_area)
     n_raw = raw.flatten(1).sum(dim=1).float()
     outside = (raw & ~body).flatten(1).sum(dim=1).float() / n_raw.clamp_min(1.0)  # 0 when the map is empty
     return RegionTransfer(mask=mask, map=warped * body, body=body, outside_fraction=outside, registration=reg)
