@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from augment.checkpoint import read_checkpoint
 from augment.classifier.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from augment.classifier.metrics import ClassifierMetrics, FindingMetrics
 from augment.classifier.train import EpochRecord, fit, make_loader, make_loss
@@ -108,6 +109,18 @@ def _mlflow_epoch_logger(tracking_uri: str | None, run_id: str | None):
     return log_epoch
 
 
+def _resume_state() -> dict[str, Any] | None:
+    """The training state of Ray Train's last checkpoint (read safely), or None on a fresh start."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        state = Path(d) / STATE_NAME
+        return read_checkpoint(state, "classifier training state", required=("epoch",)) if state.is_file() else None
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: build data and model, resume if a checkpoint exists, run ``fit``."""
     import ray.train
@@ -133,13 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train_loader = ray.train.torch.prepare_data_loader(train_loader, move_to_device=False)
     ddp = ray.train.torch.prepare_model(model, move_to_device=device)
 
-    resume = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = Path(d) / STATE_NAME
-            if state.is_file():
-                resume = torch.load(state, map_location="cpu", weights_only=True)
+    resume = _resume_state()
     resumed_from = None if resume is None else int(resume["epoch"])
 
     log_epoch = _mlflow_epoch_logger(config.get("tracking_uri"), config.get("run_id")) if rank == 0 else (lambda r: None)

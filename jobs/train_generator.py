@@ -106,15 +106,17 @@ def sample_grid(model: torch.nn.Module, data: Any, icfg: InpaintingConfig, n: in
 def _load_state(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
 
+    from augment.checkpoint import read_checkpoint
+
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             p = Path(d) / STATE_NAME
             if p.is_file():
-                return torch.load(p, map_location="cpu", weights_only=False)
+                return read_checkpoint(p, "generator training state", required=("model", "step"))
     p = Path(config["out_dir"]) / STATE_NAME
     if p.is_file():
-        state = torch.load(p, map_location="cpu", weights_only=False)
+        state = read_checkpoint(p, "generator training state", required=("model", "step"))
         if state.get("arch") == config["arch"]:
             return state
         log.warning("%s was trained with another network (%s); starting afresh", p, state.get("arch"))

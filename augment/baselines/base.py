@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from augment.checkpoint import read_checkpoint, weights_of
 from augment.config import BaselineConfig
 from augment.data.io import atomic_torch_save, validate_batch
 from augment.findings import FINDINGS
@@ -277,7 +278,7 @@ def save_baseline(path: str | os.PathLike, model: BaselineGenerator, extra: dict
     if not isinstance(model, BaselineGenerator):
         raise TypeError(f"save_baseline needs a BaselineGenerator, got {type(model).__name__}")
     payload: dict[str, Any] = {
-        "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
+        "state_dict": weights_of(model),
         "config": model.checkpoint_config(),
         "version": BASELINE_CHECKPOINT_VERSION,
         "kind": model.kind,
@@ -320,10 +321,6 @@ def load_baseline(path: str | os.PathLike, map_location: str | torch.device = "c
         ValueError: missing or unreadable file, not a baseline checkpoint.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"baseline checkpoint {p} not found; train one with python -m jobs.train_generator --generator vae")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise ValueError(f"{p} is not a readable torch checkpoint ({exc})") from None
+    payload = read_checkpoint(p, "baseline checkpoint", required=("state_dict", "config", "version", "kind"),
+                              hint="train one with python -m jobs.train_generator --generator vae")
     return baseline_from_payload(payload, p).to(map_location).eval()

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from augment.data.io import atomic_torch_save
 from torch import nn
 
 from augment import __version__
+from augment.checkpoint import CheckpointError, read_checkpoint, unwrap, weights_of
 from augment.classifier.model import Classifier, build_classifier
+from augment.data.io import atomic_torch_save
 from augment.config import ClassifierConfig
 from augment.findings import FINDINGS
 
@@ -27,21 +28,6 @@ __all__ = ["CHECKPOINT_VERSION", "CHECKPOINT_NAME", "CheckpointError", "unwrap",
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "classifier.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable, or of another format; the message says which."""
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The bare module under DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ClassifierConfig, extra: dict[str, Any] | None = None) -> Path:
@@ -55,9 +41,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ClassifierCo
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    bare = unwrap(model)
     payload = {
-        "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in bare.state_dict().items()},
+        "state_dict": weights_of(model),
         "config": cfg.model_dump(mode="json"),
         "version": CHECKPOINT_VERSION,
         "findings": list(FINDINGS),
@@ -70,14 +55,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ClassifierCo
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and check a checkpoint file; returns its dict with ``config`` as a :class:`ClassifierConfig`."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found; train one with `python -m jobs.train_classifier`")
-    try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointError(f"{p}: not a readable classifier checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or not {"state_dict", "config", "version"} <= set(ckpt):
-        raise CheckpointError(f"{p}: expected a dict with state_dict, config and version; got {type(ckpt).__name__}")
+    ckpt = read_checkpoint(p, "classifier checkpoint", map_location=map_location,
+                           hint="train one with `python -m jobs.train_classifier`")
     if int(ckpt["version"]) > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{p}: checkpoint format {ckpt['version']} is newer than this code's {CHECKPOINT_VERSION}; upgrade cxr-augment"

@@ -30,10 +30,11 @@ from typing import Any, ContextManager
 
 import torch
 
-from augment.data.io import atomic_torch_save
 from torch import nn
 
+from augment.checkpoint import CheckpointError, read_checkpoint, weights_of
 from augment.config import InpaintingConfig
+from augment.data.io import atomic_torch_save
 from augment.findings import FINDINGS
 
 __all__ = [
@@ -250,16 +251,6 @@ def ema_copy(model: nn.Module, ema: Any | None) -> nn.Module:
     return out.eval()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -279,9 +270,8 @@ def save_checkpoint(
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    bare = _unwrap(model)
     payload: dict[str, Any] = {
-        "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in bare.state_dict().items()},
+        "state_dict": weights_of(model),
         "config": cfg.model_dump(mode="json"),
         "version": CHECKPOINT_VERSION,
         "findings": list(FINDINGS),
@@ -295,24 +285,24 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and check a generator checkpoint.
 
+    Loaded with ``weights_only=True`` (:func:`augment.checkpoint.read_checkpoint`): a file
+    holding other pickled objects is refused without running them.
+
     Raises:
-        ValueError: missing file, not a generator checkpoint, other version, other findings.
+        CheckpointError (a ValueError): missing, unreadable or unsafe file, not a generator
+            checkpoint, other version, other findings.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"generator checkpoint {p} not found; train one with python -m jobs.train_generator")
-    try:
-        payload = torch.load(p, map_location=map_location, weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise ValueError(f"{p} is not a readable torch checkpoint ({exc})") from None
-    if not isinstance(payload, dict) or not {"state_dict", "config", "version"} <= payload.keys():
-        raise ValueError(f"{p} is not a generator checkpoint: expected keys state_dict, config, version")
+    payload = read_checkpoint(p, "generator checkpoint", map_location=map_location,
+                              hint="train one with python -m jobs.train_generator")
+    if payload.get("kind", "flow") != "flow":
+        return payload  # a baseline's: its own version and findings are checked by baseline_from_payload
     if payload["version"] != CHECKPOINT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{p} has checkpoint version {payload['version']}, this code reads {CHECKPOINT_VERSION}; retrain the generator"
         )
     if list(payload.get("findings", FINDINGS)) != list(FINDINGS):
-        raise ValueError(f"{p} was trained on other finding names {payload.get('findings')}")
+        raise CheckpointError(f"{p} was trained on other finding names {payload.get('findings')}")
     return payload
 
 

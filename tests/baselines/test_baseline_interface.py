@@ -111,7 +111,7 @@ def test_checkpoint_round_trip_gives_identical_samples(tmp_path, kind):
     m = _model(kind, context=0.8)
     path = save_baseline(tmp_path / "sub" / "generator.pt", m, extra={"step": 3})
     assert sorted(p.name for p in path.parent.iterdir()) == ["generator.pt"]  # no temp file left
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     assert payload["kind"] == kind and {"state_dict", "config", "version"} <= payload.keys()
     assert payload["config"]["crop_size"] == 16 and payload["extra"] == {"step": 3}
     back = load_baseline(path)
@@ -122,7 +122,7 @@ def test_checkpoint_round_trip_gives_identical_samples(tmp_path, kind):
 
 def test_bad_checkpoints_are_refused(tmp_path):
     m = _model("vae")
-    payload = torch.load(save_baseline(tmp_path / "g.pt", m), weights_only=False)
+    payload = torch.load(save_baseline(tmp_path / "g.pt", m), weights_only=True)
     with pytest.raises(ValueError, match="version 9"):
         baseline_from_payload({**payload, "version": 9})
     with pytest.raises(ValueError, match="baseline kinds"):

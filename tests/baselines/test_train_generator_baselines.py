@@ -36,7 +36,7 @@ def test_cli_trains_a_vae_writes_its_checkpoint_and_one_mlflow_run(tmp_path, cap
     assert ckpt.is_file() and not (tmp_path / "runs" / "generator").exists()  # the flow model's folder is left alone
     model = load_generator(ckpt)
     assert isinstance(model, ConditionalVAE) and model.crop_size == 16
-    assert torch.load(ckpt, weights_only=False)["extra"]["step"] == 3
+    assert torch.load(ckpt, weights_only=True)["extra"]["step"] == 3
     history = json.loads((out / "losses.json").read_text())
     assert set(history) == {"loss", "recon", "kl"} and len(history["loss"]) == 3
     assert sorted(p.name for p in (out / "samples").glob("*.png")) == ["crops_step_000003.png", "step_000003.png"]
@@ -67,7 +67,7 @@ def test_lsgan_without_tracking_and_the_summary(tmp_path, capsys):
     out = tmp_path / "runs" / "generator-lsgan"
     assert summary["generator"] == "lsgan" and summary["checkpoint"] == str(out / "generator.pt")
     assert summary["mlflow_run_id"] is None and summary["steps"] == 2
-    assert torch.load(out / "generator.pt", weights_only=False)["kind"] == "lsgan"
+    assert torch.load(out / "generator.pt", weights_only=True)["kind"] == "lsgan"
     names = sorted(p.name for p in (out / "samples").glob("step_*.png"))
     assert names == ["step_000001.png", "step_000002.png"]  # every sample_every steps, and at the end
     assert not (tmp_path / "mlflow.db").exists()

@@ -48,7 +48,7 @@ def test_ray_train_generator_fails_resumes_and_logs(tmp_path):
         ray.shutdown()
     assert second.resumed_from_step == 4 and len(second.losses) == 6
     assert second.losses[:4] == first.losses
-    assert torch.load(out / STATE_NAME, weights_only=False)["step"] == 6
+    assert torch.load(out / STATE_NAME, weights_only=True)["step"] == 6
     model = load_generator(second.checkpoint_path)
     assert model.cfg.crop_size == 16
     assert sorted(p.name for p in (out / "samples").glob("*.png")) == [f"step_{s:06d}.png" for s in (2, 4, 6)]
