@@ -3,8 +3,8 @@
 Inside the library an image is a float32 tensor in [0, 1] of shape (B, 1, H, W) (a single
 image as a NumPy array is (H, W), same dtype and range). This module is the only place
 that converts from and to files: 8- and 16-bit grayscale PNG, RGB/RGBA radiographs turned
-to gray, resizing, and atomic writes (temp file then rename, so a crash never leaves a
-half-written PNG).
+to gray, resizing, and atomic writes (temp file, fsync, rename, fsync of the folder, so a
+crash never leaves a half-written PNG).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "encode_png",
     "write_png",
     "atomic_write_bytes",
+    "fsync_dir",
     "atomic_torch_save",
     "to_batch",
     "validate_batch",
@@ -134,8 +135,27 @@ def encode_png(arr: np.ndarray | torch.Tensor, bits: int = 8) -> bytes:
     return buf.getvalue()
 
 
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename.
+
+    The temp file (``.<name>.<random>.tmp``) is fsynced before the rename and the folder
+    after it, so after a crash ``path`` holds either the old bytes or all of the new ones,
+    also after a power loss.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
@@ -148,6 +168,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(p.parent)
     return p
 
 

@@ -89,6 +89,30 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_write_fsyncs_file_before_rename_and_folder_after(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        events.append(f"fsync-{kind}")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = atomic_write_bytes(tmp_path / "sub" / "out.bin", b"data")
+    assert out.read_bytes() == b"data"
+    assert events == ["fsync-file", "rename", "fsync-dir"]
+    assert [p.name for p in out.parent.iterdir()] == ["out.bin"]
+
+
 def test_batch_convention():
     assert to_batch(np.zeros((8, 8))).shape == (1, 1, 8, 8)
     assert to_batch(torch.zeros(3, 8, 8)).shape == (3, 1, 8, 8)
