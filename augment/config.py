@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -41,6 +42,7 @@ __all__ = [
     "RunConfig",
     "load_config",
     "apply_overrides",
+    "check_paths",
 ]
 
 
@@ -52,6 +54,9 @@ class StageConfig(BaseModel):
     """Base of every config model: unknown keys are errors, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+SEED_HELP = "random seed, an integer >= 0 (numpy and torch refuse negative seeds)"
 
 
 def _check_findings(names: list[str] | dict[str, Any], where: str) -> None:
@@ -68,7 +73,7 @@ class PhantomConfig(StageConfig):
     n_images: int = Field(240, ge=4, description="images to generate")
     image_size: int = Field(256, ge=32, le=2048)
     n_patients: int | None = Field(None, ge=1, description="default: about 3 images per patient (full NIH has 3.6)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description=SEED_HELP)
     healthy_fraction: float = Field(0.4, ge=0.0, le=1.0, description="share of 'No Finding' images")
     prevalence: dict[str, float] = Field(
         default_factory=lambda: {
@@ -98,7 +103,7 @@ class SplitConfig(StageConfig):
 
     val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0.0, lt=0.5)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description=SEED_HELP)
     use_official_lists: bool = Field(True, description="use train_val_list.txt / test_list.txt when present")
 
 
@@ -182,7 +187,7 @@ class InpaintingConfig(StageConfig):
     rtol: float = Field(1e-3, gt=0.0, description="dopri5 relative tolerance")
     guidance: float = Field(1.5, ge=0.0)
     bf16: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, description=SEED_HELP)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -205,7 +210,7 @@ class BaselineConfig(StageConfig):
     train_steps: int = Field(2000, ge=1, description="LSGAN: discriminator steps; VAE: optimiser steps")
     batch_size: int = Field(32, ge=2, description="crops per step (>= 2 for batch norm)")
     sample_every: int = Field(500, ge=1, description="steps between sample grids logged to MLflow")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description=SEED_HELP)
 
 
 class ClassifierConfig(StageConfig):
@@ -224,7 +229,7 @@ class ClassifierConfig(StageConfig):
     early_stopping_patience: int = Field(0, ge=0, description="0 = off")
     plateau_patience: int = Field(2, ge=0)
     amp: bool = Field(True, description="bf16 autocast on GPU")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description=SEED_HELP)
     max_failures: int = Field(
         2, ge=0, description="Ray Train worker-group restarts allowed; training resumes from the last epoch's checkpoint"
     )
@@ -282,12 +287,18 @@ class AugmentConfig(StageConfig):
     inpaint_actors: int = Field(1, ge=1)
     gate_actors: int = Field(1, ge=1)
     max_attempts: int = Field(3, ge=1, description="runs of the Ray Data job; each resumes from the pool after a failure")
-    seed: int = 0
+    seed: int = Field(0, ge=0, description=SEED_HELP)
 
     @field_validator("findings")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         _check_findings(v, "augment.findings")
+        repeated = sorted({f for f in v if v.count(f) > 1})
+        if repeated:
+            raise ValueError(
+                f"{', '.join(map(repr, repeated))} listed more than once in augment.findings {v}: "
+                "each finding gets one plan, list it once"
+            )
         return v
 
 
@@ -389,7 +400,7 @@ class RunConfig(StageConfig):
     """A whole run profile (one ``configs/*.yaml``)."""
 
     name: str = "local"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description=SEED_HELP)
     output_dir: str = Field("runs/local", description="where stages write their outputs")
     data: DataConfig = DataConfig()
     registration: RegistrationConfig = RegistrationConfig()
@@ -440,7 +451,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            lines.append(f"  {path}: {e['msg']}{got_s}")
+            fix = f"; set {path} to 0 or more" if e["loc"] and e["loc"][-1] == "seed" and e["type"] == "greater_than_equal" else ""
+            lines.append(f"  {path}: {e['msg']}{got_s}{fix}")
     return "\n".join(lines)
 
 
@@ -507,3 +519,76 @@ def load_config(
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def _local(path: str | os.PathLike) -> Path | None:
+    """The local path of a path or ``file://`` URI; None for an MLflow or object-store URI."""
+    from augment.tracking import ARTIFACT_URI_SCHEMES
+
+    text = str(path)
+    if text.startswith(ARTIFACT_URI_SCHEMES):
+        return None
+    return Path(text.removeprefix("file://"))
+
+
+def check_paths(
+    cfg: RunConfig,
+    checkpoints: Mapping[str, str | os.PathLike | None] | None = None,
+    *,
+    data: bool = True,
+) -> None:
+    """Check that the local files and folders a run reads exist, before any work (or Ray) starts.
+
+    Checked: ``data.root`` when ``data.source`` is ``nih`` (a folder with ``images/``),
+    ``classifier.weights_path`` when ``classifier.pretrained`` is ``imagenet``,
+    ``attention.xrv_cache_dir`` when given and ``attention.source`` is ``xrv``, and each of
+    ``checkpoints`` (a file or a folder). MLflow and object-store URIs (``runs:/``,
+    ``models:/``, ``s3://``...) are left to their loaders.
+
+    Args:
+        cfg: the run profile.
+        checkpoints: what names each checkpoint (a command-line flag such as
+            ``"--generator"``) -> its path; None values are skipped.
+        data: also check the data folder.
+
+    Raises:
+        ConfigError: every missing path, each with its key and the fix.
+    """
+    problems: list[str] = []
+    if data and cfg.data.source == "nih" and cfg.data.root:
+        root = _local(cfg.data.root)
+        if root is None or not root.is_dir():
+            problems.append(
+                f"data.root: folder {cfg.data.root!r} not found; set data.root to an NIH-layout folder "
+                "(images/*.png + Data_Entry_2017.csv), e.g. --set data.root=../shared/data/nih-sample"
+            )
+        elif not (root / "images").is_dir():
+            problems.append(
+                f"data.root: {cfg.data.root!r} has no images/ folder; an NIH-layout folder holds images/*.png "
+                "and Data_Entry_2017.csv"
+            )
+    if cfg.classifier.pretrained == "imagenet" and cfg.classifier.weights_path:
+        w = _local(cfg.classifier.weights_path)
+        if w is not None and not w.is_file():
+            problems.append(
+                f"classifier.weights_path: file {cfg.classifier.weights_path!r} not found; give the local ImageNet "
+                "EfficientNet weights file, or set classifier.pretrained=none"
+            )
+    if cfg.attention.source == "xrv" and cfg.attention.xrv_cache_dir:
+        d = _local(cfg.attention.xrv_cache_dir)
+        if d is not None and not d.is_dir():
+            problems.append(
+                f"attention.xrv_cache_dir: folder {cfg.attention.xrv_cache_dir!r} not found; give the folder holding "
+                "the torchxrayvision weights file, or leave it unset for ~/.torchxrayvision/models_data"
+            )
+    for key, path in (checkpoints or {}).items():
+        if path is None:
+            continue
+        local = _local(path)
+        if local is not None and not local.exists():
+            problems.append(
+                f"{key}: checkpoint {str(path)!r} not found; give a checkpoint file, a folder holding one, "
+                "or an MLflow model URI (runs:/<run id>/model)"
+            )
+    if problems:
+        raise ConfigError("missing input(s), nothing was started:\n  " + "\n  ".join(problems))

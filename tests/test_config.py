@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from augment.config import ConfigError, RunConfig, apply_overrides, load_config
@@ -92,3 +94,65 @@ def test_apply_overrides_does_not_mutate():
     raw = {"classifier": {"epochs": 1}}
     out = apply_overrides(raw, ["classifier.epochs=5"])
     assert raw["classifier"]["epochs"] == 1 and out["classifier"]["epochs"] == 5
+
+
+def test_duplicate_findings_rejected_naming_the_duplicate():
+    with pytest.raises(ConfigError, match=r"augment\.findings: .*'Mass' listed more than once.*list it once"):
+        load_config(None, ["augment.findings=[Mass, Hernia, Mass]"])
+
+
+SEED_KEYS = [
+    "seed", "data.split.seed", "data.phantom.seed", "inpainting.seed", "baseline.seed", "classifier.seed", "augment.seed",
+]
+
+
+@pytest.mark.parametrize("key", SEED_KEYS)
+def test_negative_seeds_rejected_naming_the_field(key):
+    k = re.escape(key)
+    with pytest.raises(ConfigError, match=rf"  {k}: .*greater than or equal to 0 \(got -1\); set {k} to 0 or more"):
+        load_config(None, [f"{key}=-1"])
+    assert load_config(None, [f"{key}=0"])  # 0 is a seed
+
+
+def test_every_seed_field_is_checked():
+    """A seed field added to a config model later is covered by the test above."""
+    from pydantic import BaseModel
+
+    found = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+            elif name == "seed":
+                found.append(key)
+
+    walk(RunConfig, "")
+    assert sorted(found) == sorted(SEED_KEYS)
+
+
+def test_check_paths_names_key_and_fix(tmp_path):
+    from augment.config import check_paths
+
+    cfg = load_config(None, ["data.source=nih", f"data.root={tmp_path / 'missing'}"])
+    with pytest.raises(ConfigError, match=r"data\.root: folder .*missing' not found; set data\.root to an NIH-layout folder"):
+        check_paths(cfg)
+    check_paths(cfg, data=False)  # only checkpoints asked for
+    (tmp_path / "nih").mkdir()
+    cfg = load_config(None, ["data.source=nih", f"data.root={tmp_path / 'nih'}"])
+    with pytest.raises(ConfigError, match="has no images/ folder"):
+        check_paths(cfg)
+    (tmp_path / "nih" / "images").mkdir()
+    check_paths(cfg)
+    (tmp_path / "g.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError) as err:
+        check_paths(cfg, {"--generator": str(tmp_path / "g.pt"), "--classifier": str(tmp_path / "c.pt"), "--x": None})
+    assert "--classifier: checkpoint" in str(err.value) and "--generator" not in str(err.value)
+    check_paths(cfg, {"--classifier": "runs:/0123/model"})  # an MLflow URI is the loader's to check
+    cfg = load_config(None, ["classifier.pretrained=imagenet", f"classifier.weights_path={tmp_path / 'w.pth'}",
+                             "attention.source=xrv", f"attention.xrv_cache_dir={tmp_path / 'xrv'}"])
+    with pytest.raises(ConfigError) as err:
+        check_paths(cfg)
+    assert "classifier.weights_path: file" in str(err.value) and "attention.xrv_cache_dir: folder" in str(err.value)
