@@ -1,20 +1,27 @@
 """Classifier two-sample test: can a small CNN tell synthetic images from real ones?
 
 A discriminator (:class:`Discriminator`, three strided convolutions, global average and
-max pooling, one logit) is trained with Adam on a stratified part of real (label 0) and
-synthetic (label 1) images and scored on the held-out rest by ROC AUC, with a bootstrap
-interval over the held-out images. AUC ≈ 0.5 (the interval contains it): the CNN cannot
-tell them apart; AUC near 1: it can. :func:`two_sample_test_crops` does the same on crops
-around the painted region, where the synthetic content is (real images get the masks of
-randomly drawn synthetic images, so crop positions and sizes follow the same distribution).
+max pooling, one logit) is cross-validated between real (label 0) and synthetic (label 1)
+images: stratified k-fold *grouped by patient* (a synthetic image belongs to its healthy
+source's patient), repeated with other fold assignments. Every image is scored by a model
+that never saw its group; the AUC of those scores is reported with its spread over repeats
+and a bootstrap interval over groups. AUC near 0.5 (the interval contains it): the CNN
+cannot tell them apart; AUC near 1: it can. :func:`two_sample_test_crops` does the same on
+crops around the painted region, where the synthetic content is (real images get the masks
+of randomly drawn synthetic images, so crop positions and sizes follow the same distribution).
 
-The test is cheap on purpose (seconds for ~100 vs ~100 images at 64x64 on one CPU core);
-it detects gross differences, not subtle ones, and it is only as good as its training.
+Why grouped: with a source in the real set and its painted copy in the synthetic set, an
+ungrouped split lets the discriminator learn the source's texture as "real" and call its
+copy real, which drags the AUC below 0.5 and makes a generator look indistinguishable.
+Callers should also keep the real set disjoint from the sources (``jobs.evaluate`` does).
+
+The test is cheap on purpose (seconds per fold for ~100 vs ~100 images at 64x64 on one CPU
+core); it detects gross differences, not subtle ones, and it is only as good as its training.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,16 +35,27 @@ __all__ = ["TwoSampleResult", "Discriminator", "two_sample_test", "two_sample_te
 
 @dataclass(frozen=True)
 class TwoSampleResult:
-    """Held-out AUC of the real-vs-synthetic discriminator.
+    """Cross-validated AUC of the real-vs-synthetic discriminator.
+
+    Every image is scored once per repeat by a discriminator that did not train on its
+    group (patient or healthy source): grouped, stratified k-fold, repeated with other fold
+    assignments.
 
     Attributes:
-        auc: ROC AUC on the held-out images (None when they hold only one class).
-        low, high: bootstrap (1 - alpha) percentile interval of the AUC, or None.
-        n_train, n_test: images used to train and to score.
+        auc: mean over repeats of the pooled out-of-fold ROC AUC (None with one class).
+        low, high: (1 - alpha) percentile interval of the AUC from a bootstrap over groups
+            (each image's out-of-fold score averaged over repeats), or None.
+        n_train, n_test: images a fold's discriminator trains on (mean) and images scored
+            per repeat (all of them).
         n_real, n_synthetic: images in each set.
-        epochs: training epochs.
+        epochs: training epochs of each fold's discriminator.
         region: ``"image"`` or ``"crop"``.
-        train_accuracy: accuracy on the training part at the end (a sanity check).
+        train_accuracy: mean accuracy of the fold discriminators on their training part.
+        folds, repeats: the cross-validation's shape.
+        auc_repeats: the AUC of each repeat (their spread is the split's noise).
+        n_groups: distinct groups; equals the number of images when no groups are given.
+        grouped: whether groups (patients or sources) kept related images on one side of
+            every split.
     """
 
     auc: float | None
@@ -50,6 +68,11 @@ class TwoSampleResult:
     epochs: int
     region: str = "image"
     train_accuracy: float | None = None
+    folds: int = 5
+    repeats: int = 3
+    auc_repeats: tuple[float, ...] = ()
+    n_groups: int = 0
+    grouped: bool = False
 
     @property
     def contains_chance(self) -> bool | None:
@@ -58,9 +81,15 @@ class TwoSampleResult:
             return None
         return self.low <= 0.5 <= self.high
 
+    @property
+    def auc_std(self) -> float | None:
+        """Standard deviation of the AUC over repeats (None with fewer than two)."""
+        return float(np.std(self.auc_repeats, ddof=1)) if len(self.auc_repeats) > 1 else None
+
     def metrics(self, prefix: str = "") -> dict[str, float | None]:
         p = f"{prefix}two_sample_{self.region}"
-        return {f"{p}_auc": self.auc, f"{p}_auc_low": self.low, f"{p}_auc_high": self.high, f"{p}_n_test": self.n_test}
+        return {f"{p}_auc": self.auc, f"{p}_auc_low": self.low, f"{p}_auc_high": self.high, f"{p}_n_test": self.n_test,
+                f"{p}_auc_std": self.auc_std}
 
 
 class Discriminator(nn.Module):
@@ -93,82 +122,40 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def _split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+def _group_codes(n_real: int, n_syn: int, groups_real: Sequence | None, groups_synthetic: Sequence | None) -> np.ndarray:
+    """One integer per image; images without a group get a group of their own."""
+    keys: list[object] = []
+    for side, n, g in (("r", n_real, groups_real), ("s", n_syn, groups_synthetic)):
+        if g is not None and len(g) != n:
+            raise ValueError(f"groups for the {'real' if side == 'r' else 'synthetic'} images: {len(g)} given for {n} images")
+        keys += [(side, i) if g is None or g[i] is None or g[i] == "" else ("g", str(g[i])) for i in range(n)]
+    _, codes = np.unique(np.array([f"{a}\x00{b}" for a, b in keys]), return_inverse=True)
+    return codes
 
-    idx = np.arange(len(labels))
+
+def _folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group k-fold: no group on both sides of a split, both sets in every fold."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
     counts = np.bincount(labels, minlength=2)
-    n_test = int(round(test_fraction * len(labels)))
-    if counts.min() < 2 or n_test < 2 or len(labels) - n_test < 2:
+    groups_per_set = [len(np.unique(groups[labels == c])) for c in (0, 1)]
+    if counts.min() < 2 or min(groups_per_set) < folds:
         raise ValueError(
-            f"a stratified split needs at least 2 images of each set and 2 in each part; got {counts[0]} real, "
-            f"{counts[1]} synthetic, test_fraction {test_fraction}; give more images"
+            f"a {folds}-fold grouped split needs at least {folds} groups (patients or sources) of each set; got "
+            f"{counts[0]} real images in {groups_per_set[0]} groups and {counts[1]} synthetic images in "
+            f"{groups_per_set[1]} groups; give more images or fewer folds"
         )
-    tr, te = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed)
-    return np.sort(tr), np.sort(te)
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = [(np.sort(tr), np.sort(te)) for tr, te in cv.split(np.zeros(len(labels)), labels, groups)]
+    for tr, te in out:
+        if len(np.unique(labels[tr])) < 2 or len(np.unique(labels[te])) < 2:
+            raise ValueError("a fold lacks real or synthetic images (too few groups); give more images or fewer folds")
+    return out
 
 
-def _bootstrap_auc(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, alpha: float) -> tuple[float | None, float | None]:
-    """Percentile interval of the AUC over resamples drawn within each class (each has both).
-
-    The AUC of a resample is the Mann-Whitney statistic from midranks (equal to
-    :func:`sklearn.metrics.roc_auc_score`, ties counted as one half), all resamples at once.
-    """
-    from scipy.stats import rankdata
-
-    if n_boot <= 0:
-        return None, None
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    n_pos, n_neg = len(pos), len(neg)
-    idx = np.concatenate([rng.choice(pos, (n_boot, n_pos)), rng.choice(neg, (n_boot, n_neg))], axis=1)
-    ranks = rankdata(p[idx], axis=1)
-    aucs = (ranks[:, :n_pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    lo, hi = np.percentile(aucs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(lo), float(hi)
-
-
-def two_sample_test(
-    real: torch.Tensor,
-    synthetic: torch.Tensor,
-    image_size: int | None = 64,
-    test_fraction: float = 0.3,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    region: str = "image",
-) -> TwoSampleResult:
-    """Train a :class:`Discriminator` on part of the images, report the held-out AUC.
-
-    Args:
-        real: (N_r, 1, H, W) in [0, 1].
-        synthetic: (N_s, 1, H', W') in [0, 1].
-        image_size: both sets are resized to this side (None: keep; sizes must then match).
-        test_fraction: held-out share, stratified by set.
-        epochs, batch_size, lr: Adam training of the discriminator.
-        n_boot: bootstrap resamples of the held-out images for the AUC interval.
-        alpha: 0.05 gives a 95% interval.
-        seed: seeds the split, the weights, the batches and the bootstrap; the global torch
-            RNG is left as it was.
-        region: carried into the result and metric names.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    validate_batch(real, "real")
-    validate_batch(synthetic, "synthetic")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
-    r, s = _resize(real.cpu(), image_size), _resize(synthetic.cpu(), image_size)
-    if r.shape[-2:] != s.shape[-2:]:
-        raise ValueError(f"real {tuple(r.shape[-2:])} and synthetic {tuple(s.shape[-2:])} sizes differ; set image_size")
-    x = torch.cat([r, s])
-    y = np.concatenate([np.zeros(len(r), np.int64), np.ones(len(s), np.int64)])
-    tr, te = _split(y, test_fraction, seed)
+def _fit_score(x: torch.Tensor, y: np.ndarray, tr: np.ndarray, te: np.ndarray, epochs: int, batch_size: int, lr: float,
+               seed: int) -> tuple[np.ndarray, float]:
+    """Train a :class:`Discriminator` on ``tr``; its probabilities on ``te`` and accuracy on ``tr``."""
     yt = torch.as_tensor(y, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
@@ -197,11 +184,108 @@ def two_sample_test(
     with torch.no_grad():
         p_tr = torch.sigmoid(model(xtr)).numpy()
         p_te = torch.sigmoid(model(x[torch.as_tensor(te)])).numpy()
-    train_acc = float(((p_tr >= 0.5) == (y[tr] == 1)).mean())
-    y_te = y[te]
-    auc = float(roc_auc_score(y_te, p_te)) if 0 < y_te.sum() < len(y_te) else None
-    lo, hi = _bootstrap_auc(y_te, p_te, n_boot, seed, alpha) if auc is not None else (None, None)
-    return TwoSampleResult(auc, lo, hi, len(tr), len(te), len(r), len(s), epochs, region, train_acc)
+    return p_te, float(((p_tr >= 0.5) == (y[tr] == 1)).mean())
+
+
+def _cluster_bootstrap_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray, n_boot: int, seed: int,
+                           alpha: float) -> tuple[float | None, float | None]:
+    """Percentile interval of the AUC over resamples of whole groups (with replacement).
+
+    Resamples that hold only one set have no AUC and are left out; the interval is None
+    when more than a tenth of them are.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if n_boot <= 0:
+        return None, None
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    aucs = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        yb = y[idx]
+        if 0 < yb.sum() < len(yb):
+            aucs.append(roc_auc_score(yb, p[idx]))
+    if len(aucs) < 0.9 * n_boot:
+        return None, None
+    lo, hi = np.percentile(aucs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def two_sample_test(
+    real: torch.Tensor,
+    synthetic: torch.Tensor,
+    image_size: int | None = 64,
+    folds: int = 5,
+    repeats: int = 3,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    region: str = "image",
+    groups_real: Sequence | None = None,
+    groups_synthetic: Sequence | None = None,
+) -> TwoSampleResult:
+    """Cross-validate a :class:`Discriminator` between real and synthetic images.
+
+    Grouped, stratified k-fold, repeated: a group (a patient; for a synthetic image, its
+    healthy source's patient) is never on both sides of a split, so a discriminator cannot
+    tell a synthetic image from its own source by having memorised the source as "real"
+    (that pushes the AUC below 0.5 whenever the real set holds the sources). Keep the real
+    set disjoint from the sources all the same: a real image and a synthetic copy of it in
+    one group are then both scored, which measures the painting, not the choice of sources.
+
+    Args:
+        real: (N_r, 1, H, W) in [0, 1].
+        synthetic: (N_s, 1, H', W') in [0, 1].
+        image_size: both sets are resized to this side (None: keep; sizes must then match).
+        folds: k of the k-fold split (>= 2).
+        repeats: cross-validations with other fold assignments; their spread is reported.
+        epochs, batch_size, lr: Adam training of each fold's discriminator.
+        n_boot: resamples of groups for the AUC interval.
+        alpha: 0.05 gives a 95% interval.
+        seed: seeds the folds, the weights, the batches and the bootstrap; the global torch
+            RNG is left as it was.
+        region: carried into the result and metric names.
+        groups_real, groups_synthetic: a group key per image (patient id; the source's
+            patient for a synthetic image); None or an empty key: a group of its own.
+
+    Raises:
+        ValueError: images outside [0, 1], mismatched sizes, too few groups for ``folds``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    validate_batch(real, "real")
+    validate_batch(synthetic, "synthetic")
+    if folds < 2 or repeats < 1:
+        raise ValueError(f"folds must be >= 2 and repeats >= 1, got {folds} and {repeats}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+    r, s = _resize(real.cpu(), image_size), _resize(synthetic.cpu(), image_size)
+    if r.shape[-2:] != s.shape[-2:]:
+        raise ValueError(f"real {tuple(r.shape[-2:])} and synthetic {tuple(s.shape[-2:])} sizes differ; set image_size")
+    x = torch.cat([r, s])
+    y = np.concatenate([np.zeros(len(r), np.int64), np.ones(len(s), np.int64)])
+    groups = _group_codes(len(r), len(s), groups_real, groups_synthetic)
+    scores = np.zeros((repeats, len(y)))
+    aucs, train_accs, train_sizes = [], [], []
+    for rep in range(repeats):
+        for k, (tr, te) in enumerate(_folds(y, groups, folds, seed + 1000 * rep)):
+            p_te, acc = _fit_score(x, y, tr, te, epochs, batch_size, lr, seed + 1000 * rep + k)
+            scores[rep, te] = p_te
+            train_accs.append(acc)
+            train_sizes.append(len(tr))
+        aucs.append(float(roc_auc_score(y, scores[rep])))
+    lo, hi = _cluster_bootstrap_auc(y, scores.mean(0), groups, n_boot, seed, alpha)
+    return TwoSampleResult(
+        auc=float(np.mean(aucs)), low=lo, high=hi, n_train=int(round(np.mean(train_sizes))), n_test=len(y),
+        n_real=len(r), n_synthetic=len(s), epochs=epochs, region=region, train_accuracy=float(np.mean(train_accs)),
+        folds=folds, repeats=repeats, auc_repeats=tuple(aucs), n_groups=int(groups.max() + 1),
+        grouped=groups_real is not None or groups_synthetic is not None,
+    )
 
 
 def crops_around_masks(images: torch.Tensor, masks: torch.Tensor, size: int = 32, context: float = 0.5) -> torch.Tensor:
