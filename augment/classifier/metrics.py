@@ -1,7 +1,11 @@
 """Classifier metrics as the source papers report them, with scikit-learn underneath.
 
 Per finding: ROC AUC, and accuracy and precision at the fixed threshold 0.5 and at the
-Youden-optimal threshold (maximising sensitivity + specificity - 1 on the same split).
+Youden-optimal threshold (maximising sensitivity + specificity - 1). A test split's numbers
+at "the Youden threshold" are honest only when the threshold was chosen on another split:
+pass the validation split's thresholds (``thresholds=``, from :func:`youden_thresholds`) and
+the result says so (``threshold_source="validation"``); without them the threshold is chosen
+on the scored split itself (``"same split"``), which flatters accuracy and precision.
 Macro AUC averages the findings that have both positives and negatives. A finding without
 positives (or without negatives) in a split has no AUC and no Youden threshold: those
 entries are ``None`` ("missing"), never a made-up 0.5 or 0. Precision is ``None`` when
@@ -11,7 +15,7 @@ nothing is predicted positive or the split has no positives.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +23,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from augment.findings import FINDINGS
 
-__all__ = ["FindingMetrics", "ClassifierMetrics", "youden_threshold", "finding_metrics", "classification_metrics", "loss_gap"]
+__all__ = ["FindingMetrics", "ClassifierMetrics", "youden_threshold", "youden_thresholds", "finding_metrics",
+           "classification_metrics", "loss_gap"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class FindingMetrics:
     precision_at_youden: float | None
     sensitivity_at_youden: float | None
     specificity_at_youden: float | None
+    threshold_source: str = "same split"
 
     @property
     def missing(self) -> bool:
@@ -131,20 +137,36 @@ def _acc_prec(y_true: np.ndarray, pred: np.ndarray) -> tuple[float, float | None
     return acc, prec, sens, spec
 
 
-def finding_metrics(finding: str, y_true: np.ndarray, y_score: np.ndarray) -> FindingMetrics:
-    """Metrics of one finding from its (N,) labels and probabilities."""
+def youden_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> list[float | None]:
+    """:func:`youden_threshold` of every column of (N, F) labels and probabilities (a validation split's)."""
+    y_true, y_prob = _check(y_true, y_prob)
+    if y_true.ndim != 2:
+        raise ValueError(f"expected (N, F) arrays, got {y_true.shape}")
+    return [youden_threshold(y_true[:, i], y_prob[:, i]) for i in range(y_true.shape[1])]
+
+
+def finding_metrics(finding: str, y_true: np.ndarray, y_score: np.ndarray, threshold: float | None = None,
+                    threshold_source: str = "validation") -> FindingMetrics:
+    """Metrics of one finding from its (N,) labels and probabilities.
+
+    Args:
+        threshold: the operating threshold, chosen elsewhere (on validation); None chooses
+            Youden's threshold on these scores themselves (``threshold_source="same split"``).
+        threshold_source: where ``threshold`` was chosen, recorded in the result.
+    """
     y_true, y_score = _check(y_true, y_score)
     if y_true.ndim != 1:
         raise ValueError(f"finding_metrics expects 1-D arrays, got shape {y_true.shape}")
     n_pos = int(y_true.sum())
     n_neg = int(len(y_true) - n_pos)
     acc05, prec05, _, _ = _acc_prec(y_true, (y_score >= 0.5).astype(np.int64))
+    source = "same split" if threshold is None else threshold_source
     if n_pos == 0 or n_neg == 0:
-        return FindingMetrics(finding, n_pos, n_neg, None, acc05, prec05, None, None, None, None, None)
+        return FindingMetrics(finding, n_pos, n_neg, None, acc05, prec05, None, None, None, None, None, source)
     auc = float(roc_auc_score(y_true, y_score))
-    thr = youden_threshold(y_true, y_score)
+    thr = youden_threshold(y_true, y_score) if threshold is None else float(threshold)
     acc_y, prec_y, sens_y, spec_y = _acc_prec(y_true, (y_score >= thr).astype(np.int64))
-    return FindingMetrics(finding, n_pos, n_neg, auc, acc05, prec05, thr, acc_y, prec_y, sens_y, spec_y)
+    return FindingMetrics(finding, n_pos, n_neg, auc, acc05, prec05, thr, acc_y, prec_y, sens_y, spec_y, source)
 
 
 def classification_metrics(
@@ -152,6 +174,7 @@ def classification_metrics(
     y_prob: np.ndarray,
     loss: float | None = None,
     findings: Sequence[str] = FINDINGS,
+    thresholds: Sequence[float | None] | None = None,
 ) -> ClassifierMetrics:
     """Per-finding and macro metrics of a split.
 
@@ -160,14 +183,26 @@ def classification_metrics(
         y_prob: (N, F) probabilities (sigmoid of the logits).
         loss: the split's mean BCE loss, carried along.
         findings: names of the F columns.
+        thresholds: F operating thresholds chosen on the validation split
+            (:func:`youden_thresholds`); a None entry (no positives in validation) leaves
+            that finding without Youden numbers rather than tuning on this split. Without
+            ``thresholds`` each is chosen on this split (for training curves, not reports).
     """
     y_true, y_prob = _check(y_true, y_prob)
     if y_true.ndim != 2 or y_true.shape[1] != len(findings):
         raise ValueError(f"expected (N, {len(findings)}) arrays, got {y_true.shape}")
-    per = tuple(finding_metrics(f, y_true[:, i], y_prob[:, i]) for i, f in enumerate(findings))
+    if thresholds is not None and len(thresholds) != len(findings):
+        raise ValueError(f"thresholds must give one value per finding: {len(thresholds)} for {len(findings)}")
+    per = []
+    for i, f in enumerate(findings):
+        m = finding_metrics(f, y_true[:, i], y_prob[:, i], None if thresholds is None else thresholds[i])
+        if thresholds is not None and thresholds[i] is None and m.auc is not None:
+            m = replace(m, youden_threshold=None, accuracy_at_youden=None, precision_at_youden=None,
+                        sensitivity_at_youden=None, specificity_at_youden=None, threshold_source="none on validation")
+        per.append(m)
     aucs = [m.auc for m in per if m.auc is not None]
     macro = float(np.mean(aucs)) if aucs else None
-    return ClassifierMetrics(per, macro, None if loss is None else float(loss), int(y_true.shape[0]))
+    return ClassifierMetrics(tuple(per), macro, None if loss is None else float(loss), int(y_true.shape[0]))
 
 
 def loss_gap(train_loss: float, val_loss: float) -> float:

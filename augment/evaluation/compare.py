@@ -1,15 +1,24 @@
 """Base vs augmented classifier on the same held-out images, with paired bootstrap intervals.
 
 Both classifiers are scored on the same test images, so the difference in AUC is judged by
-resampling images (with replacement) and recomputing both AUCs on each resample: the 95%
-interval of the difference says whether augmentation helped, hurt, or cannot be told apart
-on this many test images. Findings without positives (or negatives) in the test split are
-reported as missing, never as a number.
+resampling *patients* (with replacement, each with all of its images) and recomputing both
+AUCs on each resample: the 95% interval of the difference says whether augmentation helped,
+hurt, or cannot be told apart on this many test patients. Resampling images instead treats
+a patient's follow-ups as independent and gives intervals that are too narrow.
+
+The findings compared are fixed once, on the full test split (those with positives and
+negatives); a resample in which one of them has no positives (or no negatives) has no AUC
+for it. Such resamples are counted and reported in ``n_missing``, never silently dropped:
+a finding's interval is given when at least 90% of resamples could score it, and the macro
+row's resample counts only when every fixed finding could be scored (the same set of
+findings in every resample). Findings without positives (or negatives) in the test split
+are reported as missing, never as a number.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -30,11 +39,16 @@ class AUCComparison:
     delta: float | None
     delta_low: float | None
     delta_high: float | None
+    n_missing: int = 0
+    n_boot: int = 0
+    resampled: str = "patient"
 
     @property
     def verdict(self) -> str:
-        if self.delta is None or self.delta_low is None or self.delta_high is None:
+        if self.delta is None:
             return "missing"
+        if self.delta_low is None or self.delta_high is None:
+            return "too few positives for an interval"
         if self.delta_low > 0:
             return "better"
         if self.delta_high < 0:
@@ -61,6 +75,7 @@ def compare_auc(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: Sequence | None = None,
 ) -> list[AUCComparison]:
     """Per-finding and macro AUC of two models on the same images, with paired bootstrap CIs.
 
@@ -70,40 +85,51 @@ def compare_auc(
         n_boot: bootstrap resamples.
         seed: seeds the resampling.
         alpha: 0.05 gives 95% intervals.
+        groups: (N,) the patient of each image; resampling draws whole patients. None
+            resamples images (only right when every image is its own patient).
 
     Returns:
         One row per finding (in :data:`FINDINGS` order), then a ``"macro"`` row (mean over
-        findings that have an AUC on the full set).
+        the findings that have an AUC on the full set).
+
+    Raises:
+        ValueError: shapes that do not match, ``groups`` of another length.
     """
     y = np.asarray(y_true)
     pb, pa = np.asarray(p_base, np.float64), np.asarray(p_aug, np.float64)
     if not (y.shape == pb.shape == pa.shape) or y.ndim != 2 or y.shape[1] != len(FINDINGS):
         raise ValueError(f"y_true, p_base, p_aug must all be (N, {len(FINDINGS)}); got {y.shape}, {pb.shape}, {pa.shape}")
+    n = y.shape[0]
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"groups must give one patient per image: {len(groups)} for {n} images")
+    _, codes = np.unique(np.asarray([str(g) for g in groups]) if groups is not None else np.arange(n), return_inverse=True)
+    members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)] if n else []
     cols = list(range(len(FINDINGS)))
     base, aug = _aucs(y, pb, cols), _aucs(y, pa, cols)
     valid = [j for j in cols if not np.isnan(base[j])]
     rng = np.random.default_rng(seed)
-    n = y.shape[0]
     deltas = np.full((n_boot, len(cols)), np.nan)
     macro = np.full(n_boot, np.nan)
     for b in range(n_boot):
-        idx = rng.integers(0, n, n)
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         d = _aucs(y[idx], pa[idx], valid) - _aucs(y[idx], pb[idx], valid)
         deltas[b, valid] = d
-        if not np.all(np.isnan(d)):
-            macro[b] = np.nanmean(d)
+        if valid and not np.any(np.isnan(d)):
+            macro[b] = np.mean(d)
     lo_q, hi_q = 100 * alpha / 2, 100 * (1 - alpha / 2)
 
-    def interval(samples: np.ndarray) -> tuple[float | None, float | None]:
+    def interval(samples: np.ndarray) -> tuple[float | None, float | None, int]:
         s = samples[~np.isnan(samples)]
-        if len(s) < max(20, n_boot // 10):
-            return None, None
-        return float(np.percentile(s, lo_q)), float(np.percentile(s, hi_q))
+        missing = n_boot - len(s)
+        if n_boot == 0 or len(s) < 0.9 * n_boot:
+            return None, None, missing
+        return float(np.percentile(s, lo_q)), float(np.percentile(s, hi_q)), missing
 
+    how = "patient" if groups is not None else "image"
     rows = []
     for j, f in enumerate(FINDINGS):
         ok = j in valid
-        lo, hi = interval(deltas[:, j]) if ok else (None, None)
+        lo, hi, miss = interval(deltas[:, j]) if ok else (None, None, 0)
         rows.append(
             AUCComparison(
                 finding=f,
@@ -113,14 +139,17 @@ def compare_auc(
                 delta=float(aug[j] - base[j]) if ok else None,
                 delta_low=lo,
                 delta_high=hi,
+                n_missing=miss,
+                n_boot=n_boot if ok else 0,
+                resampled=how,
             )
         )
     if valid:
         mb, ma = float(np.mean(base[valid])), float(np.mean(aug[valid]))
-        lo, hi = interval(macro)
-        rows.append(AUCComparison("macro", int(y.sum()), mb, ma, ma - mb, lo, hi))
+        lo, hi, miss = interval(macro)
+        rows.append(AUCComparison("macro", int(y.sum()), mb, ma, ma - mb, lo, hi, miss, n_boot, how))
     else:
-        rows.append(AUCComparison("macro", int(y.sum()), None, None, None, None, None))
+        rows.append(AUCComparison("macro", int(y.sum()), None, None, None, None, None, 0, 0, how))
     return rows
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from augment.classifier.metrics import classification_metrics, finding_metrics, loss_gap, youden_threshold
+from augment.classifier.metrics import classification_metrics, finding_metrics, loss_gap, youden_threshold, youden_thresholds
 from augment.findings import FINDINGS
 
 # 4 negatives, 3 positives. AUC: the positives 0.5, 0.7, 0.9 beat 3, 4 and 4 of the
@@ -80,3 +80,33 @@ def test_loss_gap_is_validation_minus_training():
 def test_bad_input_is_a_value_error(y, p):
     with pytest.raises(ValueError):
         classification_metrics(y, p)
+
+
+def test_a_validation_threshold_is_applied_on_test_not_retuned():
+    """Chosen on validation (0.5 above), scored on a test split whose own Youden cut is 0.3."""
+    s_test = np.array([0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.45])
+    tuned = finding_metrics("Mass", Y, s_test)  # the optimistic number: threshold tuned on test
+    honest = finding_metrics("Mass", Y, s_test, threshold=finding_metrics("Mass", Y, S).youden_threshold)
+    assert tuned.accuracy_at_youden == pytest.approx(1.0) and tuned.threshold_source == "same split"
+    assert honest.youden_threshold == pytest.approx(0.5) and honest.threshold_source == "validation"
+    assert honest.accuracy_at_youden == pytest.approx(4 / 7)  # nothing reaches 0.5: the 4 negatives only
+    assert honest.sensitivity_at_youden == 0.0
+
+
+def test_classification_metrics_takes_the_validation_thresholds():
+    rng = np.random.default_rng(1)
+    y_val = np.zeros((20, 14), dtype=int)
+    y_val[:10, 0] = 1  # Atelectasis has positives in validation; no other finding does
+    p_val = np.clip(y_val * 0.4 + 0.5 * rng.uniform(size=y_val.shape), 0, 1)
+    thr = youden_thresholds(y_val, p_val)
+    assert thr[0] is not None and all(t is None for t in thr[1:])
+    y_test = np.zeros((20, 14), dtype=int)
+    y_test[:10, 0] = y_test[10:, 1] = 1
+    m = classification_metrics(y_test, rng.uniform(size=y_test.shape), thresholds=thr)
+    a, c = m.finding("Atelectasis"), m.finding("Cardiomegaly")
+    assert a.youden_threshold == pytest.approx(thr[0]) and a.threshold_source == "validation"
+    # no validation positives: no threshold to carry over, so no Youden numbers (AUC stays)
+    assert c.auc is not None and c.youden_threshold is None and c.accuracy_at_youden is None
+    assert c.threshold_source == "none on validation"
+    with pytest.raises(ValueError, match="one value per finding: 3 for 14"):
+        classification_metrics(y_test, y_test * 0.5, thresholds=[0.5] * 3)
