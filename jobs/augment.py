@@ -14,6 +14,11 @@ sections; fractional CPUs per actor keep a 2-core machine out of the read-then-a
 deadlock. Items already in the pool (a resumed run) are skipped; a killed actor is
 restarted by Ray and its batch retried, and writes are idempotent per item id, so every
 planned item ends up in the provenance table exactly once.
+
+Item ids carry the generator's fingerprint (the hash of its checkpoint), and the pool
+records it: a re-run with another generator on the same ``augment.output`` is refused
+before any work. The tables list the current plan's items only. Checkpoint and data paths
+are checked before Ray starts, and ``.tmp`` files of a killed run are removed.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from augment.augmentation.fingerprint import generator_fingerprint
 from augment.augmentation.plan import PlanItem, plan_augmentation
 from augment.augmentation.pool import PoolWriter
 from augment.augmentation.references import ReferenceBank, build_reference_bank
 from augment.augmentation.steps import GateStep, InpaintStep, RegisterStep, WriteStep, items_to_batches, run_in_process
-from augment.config import ConfigError, RunConfig, load_config
+from augment.config import ConfigError, RunConfig, check_paths, load_config
 from augment.data import DataError, NIHIndex
 
 log = logging.getLogger("cxr.augment")
@@ -51,6 +57,7 @@ class AugmentResult:
     throughput: float  # processed items per second
     accepted_per_second: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    generator_fingerprint: str = ""
 
 
 def build_bank(cfg: RunConfig, train_index: NIHIndex, classifier_checkpoint: str | None) -> ReferenceBank:
@@ -144,12 +151,25 @@ def run_augment(
         use_ray: False runs the same steps in a plain in-process loop (the benchmark's
             baseline; no Ray needed).
         bank: references, when already built.
+
+    Raises:
+        ConfigError: a checkpoint path does not exist.
+        PoolError: ``augment.output`` holds another generator's images.
     """
     t0 = time.perf_counter()
+    check_paths(cfg, {"classifier checkpoint": classifier_checkpoint, "generator checkpoint": generator_checkpoint},
+                data=False)
+    fingerprint = generator_fingerprint(generator_checkpoint)
     plan = plan_augmentation(
-        train_index, list(cfg.augment.findings), cfg.augment.target_count, cfg.augment.max_per_finding, cfg.augment.seed
+        train_index, list(cfg.augment.findings), cfg.augment.target_count, cfg.augment.max_per_finding,
+        cfg.augment.seed, generator=fingerprint,
     )
+    plan_ids = [i.item_id for i in plan]
     pool = PoolWriter(cfg.augment.output)
+    pool.claim_generator(fingerprint, str(generator_checkpoint))
+    stale = pool.remove_stale_tmp()
+    if stale:
+        log.info("removed %d temporary file(s) an interrupted run left in %s", len(stale), cfg.augment.output)
     done = pool.done_ids()
     todo: list[PlanItem] = [i for i in plan if i.item_id not in done]
     log.info("plan: %d items (%s); %d already in %s", len(plan), dict(Counter(i.finding for i in plan)), len(plan) - len(todo), cfg.augment.output)
@@ -188,20 +208,21 @@ def run_augment(
             ]
             _, secs = run_in_process(items_to_batches(todo, cfg.augment.batch_size), steps, tally)
             stage_seconds = dict(zip(("register", "inpaint", "gate", "write"), secs))
-    summary = pool.finalize({r.image_index: r for r in train_index.records})
+    summary = pool.finalize({r.image_index: r for r in train_index.records}, plan_ids)
     seconds = time.perf_counter() - t0
-    new = [r for r in pool.rows() if r.item_id not in done]
+    new = [r for r in pool.rows(plan_ids) if r.item_id not in done]
     accepted = sum(r.accepted for r in new)
     return AugmentResult(
         pool=cfg.augment.output,
         planned=len(plan),
-        skipped_done=len(done & {i.item_id for i in plan}),
+        skipped_done=len(done & set(plan_ids)),
         processed=len(new),
         summary=summary,
         seconds=seconds,
         throughput=len(new) / seconds if seconds > 0 else 0.0,
         accepted_per_second=accepted / seconds if seconds > 0 else 0.0,
         stage_seconds=stage_seconds,
+        generator_fingerprint=fingerprint,
     )
 
 
@@ -242,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        check_paths(cfg, {"--classifier": args.classifier, "--generator": args.generator})
         from augment.data import prepare_data
 
         _, split = prepare_data(cfg)

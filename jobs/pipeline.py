@@ -7,7 +7,8 @@ Run it in-process (``make demo`` does) or on a cluster::
         python -m jobs.pipeline --config configs/local.yaml
 
 One parent MLflow run holds a child run per stage. Stages whose outputs already exist for
-the same config are reused (see :mod:`jobs.stages`).
+the same config are reused (see :mod:`jobs.stages`). Input paths are checked before Ray
+starts, and Ray's address is pinned for the run (:func:`jobs.ray_utils.init_ray`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from augment.config import ConfigError, RunConfig, load_config
+from augment.augmentation.pool import PoolError
+from augment.config import ConfigError, RunConfig, check_paths, load_config
 from augment.data import DataError, NIHIndex, Split, data_root, prepare_data
 from augment.data.io import read_image
 from augment.findings import LABELS
@@ -141,24 +143,28 @@ def _augment_stage(
     import mlflow
 
     from augment import tracking
+    from augment.augmentation.fingerprint import generator_fingerprint
     from augment.augmentation.pool import PoolWriter
     from augment.evaluation.plots import image_grid, save_figure
     from jobs.augment import run_augment
 
+    generator_ckpt = generator.path / generator.result["checkpoint"]
     key = stage_key(
         {"augment": cfg.augment.model_dump(mode="json"), "quality": cfg.quality.model_dump(mode="json"),
-         "registration": cfg.registration.model_dump(mode="json"), "attention": cfg.attention.model_dump(mode="json")},
+         "registration": cfg.registration.model_dump(mode="json"), "attention": cfg.attention.model_dump(mode="json"),
+         "generator": generator_fingerprint(generator_ckpt)},
         upstream,
     )
     # The pool lives beside the stage folders under a key of its own: a re-run with the
-    # same inputs resumes it (finished items are skipped), other inputs get a new pool.
+    # same inputs (the generator's weights included) resumes it (finished items are
+    # skipped), other inputs get a new pool; a pool never mixes generators.
     pool_uri = f"{cfg.augment.output.rstrip('/')}/{key}"
     acfg = cfg.model_copy(update={"augment": cfg.augment.model_copy(update={"output": pool_uri})})
 
     def work(out: Path) -> dict[str, Any]:
         with tracking.start_run(acfg, "augment", parent_run_id) as run:
             res = run_augment(
-                acfg, train, str(classifier), str(generator.path / generator.result["checkpoint"]),
+                acfg, train, str(classifier), str(generator_ckpt),
                 generator_run=generator.result.get("mlflow_run_id") or "",
             )
             per = res.summary
@@ -170,7 +176,7 @@ def _augment_stage(
                 **{f"acceptance_rate.{f}": d["acceptance_rate"] for f, d in per.items()},
                 **{f"accepted.{f}": d["accepted"] for f, d in per.items()},
             })
-            rows = PoolWriter(pool_uri).rows()
+            rows = PoolWriter(pool_uri).rows()  # the current plan's items
             if rows and "://" not in pool_uri:
                 root = Path(pool_uri)
                 pick = [r for r in rows if r.accepted][:8] + [r for r in rows if not r.accepted][:4]
@@ -277,8 +283,9 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
     """Run every stage under one parent MLflow run; return the stage results."""
     from augment import tracking
     from augment.data import load_index
-    from jobs.ray_utils import init_ray
+    from jobs.ray_utils import init_ray, shutdown_ray
 
+    check_paths(cfg)  # a missing folder fails here, not after Ray and MLflow have started
     t0 = time.perf_counter()
     results: dict[str, Any] = {}
     stage_s: dict[str, float] = {}
@@ -342,10 +349,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
 
                     mlflow.set_tag(f"cxr.child.{name}", mlflow_id)
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        shutdown_ray(started)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         results = run_pipeline(cfg)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, PoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from augment.tracking import ui_command

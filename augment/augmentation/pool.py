@@ -7,13 +7,20 @@ filesystem pyarrow supports)::
     masks/<name>.png             the painted region of each accepted image
     rejected/<name>.png          rejected images, kept for inspection
     items/<item id>.json         one record per finished plan item (the resume marker)
-    Data_Entry_2017.csv          accepted images, NIH columns (readable by any NIH reader)
-    provenance.csv               every item: source, reference, finding, mask, probabilities,
-                                 accepted or not and why, generator run, seed
+    pool.json                    the generator whose images the pool holds (its fingerprint)
+    plan.json                    ids of the items of the last finalized plan
+    Data_Entry_2017.csv          accepted images of that plan, NIH columns (readable by any NIH reader)
+    provenance.csv               every item of that plan: source, reference, finding, mask,
+                                 probabilities, accepted or not and why, generator run, seed
 
 An item counts as done once its ``items/<id>.json`` exists; images are written before it,
-each through a temporary name and a rename, so an interrupted run leaves no half-written
-file and a re-run skips exactly the finished items.
+each through a temporary name and a rename (on a local disk the file and then its folder
+are fsynced around the rename), so an interrupted run leaves no half-written file and a
+re-run skips exactly the finished items. A re-made item whose verdict flipped loses its
+image from the other folder. Item ids carry the generator's fingerprint, and a pool holds
+the images of one generator only (:meth:`PoolWriter.claim_generator`). ``.tmp`` files that
+a killed run left behind are removed by :meth:`PoolWriter.remove_stale_tmp` when a job
+starts. One job writes to a pool at a time.
 """
 
 from __future__ import annotations
@@ -30,10 +37,18 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow.fs as pafs
 
-from augment.data.io import encode_png
+from augment.data.io import atomic_write_bytes, encode_png, fsync_dir
 from augment.data.nih import DATA_ENTRY_HEADER, Record
 
-__all__ = ["ProvenanceRow", "PoolWriter", "open_filesystem", "summarize"]
+__all__ = ["ProvenanceRow", "PoolWriter", "PoolError", "open_filesystem", "summarize"]
+
+MANIFEST = "pool.json"
+PLAN = "plan.json"
+_FOLDERS = ("images", "masks", "rejected", "items")
+
+
+class PoolError(ValueError):
+    """The pool folder cannot take this run (another generator's images); the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +91,16 @@ class PoolWriter:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.fs, self.root = open_filesystem(uri)
-        for sub in ("images", "masks", "rejected", "items"):
+        for sub in _FOLDERS:
             self.fs.create_dir(f"{self.root}/{sub}", recursive=True)
 
     # -- atomic primitives -------------------------------------------------------------
     def _write(self, rel: str, data: bytes) -> None:
         final = f"{self.root}/{rel}"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            atomic_write_bytes(final, data)  # temp file, fsync, rename, fsync of the folder
+            return
+        # Object stores: the temporary object becomes visible under the final name only whole.
         tmp = f"{final}.{uuid.uuid4().hex[:8]}.tmp"
         with self.fs.open_output_stream(tmp) as fh:
             fh.write(data)
@@ -90,6 +109,72 @@ class PoolWriter:
     def _read(self, rel: str) -> bytes:
         with self.fs.open_input_stream(f"{self.root}/{rel}") as fh:
             return fh.read()
+
+    def _exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(f"{self.root}/{rel}").type != pafs.FileType.NotFound
+
+    def _remove(self, rel: str) -> bool:
+        """Delete one file if it is there; returns whether it was."""
+        if not self._exists(rel):
+            return False
+        path = f"{self.root}/{rel}"
+        self.fs.delete_file(path)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            fsync_dir(os.path.dirname(path))  # gone for good before the item's record says done
+        return True
+
+    # -- the pool as a whole -------------------------------------------------------------
+    def claim_generator(self, fingerprint: str, checkpoint: str = "") -> None:
+        """Record the pool's generator, or refuse another one.
+
+        The first run on a folder writes ``pool.json``; later runs must bring the same
+        fingerprint. Mixing generators in one pool would put two models' images under one
+        Data_Entry table, so another generator is refused.
+
+        Args:
+            fingerprint: :func:`~augment.augmentation.fingerprint.generator_fingerprint` of the checkpoint.
+            checkpoint: where the checkpoint was read from (recorded, named in errors).
+
+        Raises:
+            PoolError: the pool holds another generator's images.
+        """
+        if not fingerprint:
+            raise ValueError("claim_generator needs the generator's fingerprint, got an empty string")
+        if self._exists(MANIFEST):
+            try:
+                held = json.loads(self._read(MANIFEST))
+            except ValueError as exc:
+                raise PoolError(
+                    f"{self.uri}/{MANIFEST} is not valid JSON ({exc}); it records the pool's generator: "
+                    "use another output folder (augment.output) or delete this one"
+                ) from None
+            if held.get("generator_fingerprint") != fingerprint:
+                raise PoolError(
+                    f"pool {self.uri} holds images of generator {held.get('generator') or '?'} (fingerprint "
+                    f"{held.get('generator_fingerprint')}), this run's generator {checkpoint or '?'} has fingerprint "
+                    f"{fingerprint}; a pool holds one generator's images: set augment.output to another folder "
+                    "(or delete this pool to start it over)"
+                )
+            return
+        self._write(MANIFEST, json.dumps({"generator_fingerprint": fingerprint, "generator": str(checkpoint)}).encode())
+
+    def generator_fingerprint(self) -> str | None:
+        """The fingerprint recorded in ``pool.json`` (None for a pool without one)."""
+        if not self._exists(MANIFEST):
+            return None
+        return json.loads(self._read(MANIFEST)).get("generator_fingerprint")
+
+    def remove_stale_tmp(self) -> list[str]:
+        """Delete ``*.tmp`` files left by an interrupted run; returns their paths.
+
+        Call it when a job starts, before any writer runs: a writer's own temporary files
+        exist only while it writes.
+        """
+        sel = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        stale = [i.path for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File and i.path.endswith(".tmp")]
+        for path in stale:
+            self.fs.delete_file(path)
+        return stale
 
     # -- items ---------------------------------------------------------------------------
     def done_ids(self) -> set[str]:
@@ -104,35 +189,66 @@ class PoolWriter:
     def write_item(self, row: ProvenanceRow, image: np.ndarray, mask: np.ndarray) -> None:
         """Write one finished item: its image (accepted or rejected), mask, then its record.
 
+        A copy of the image in the other folder (an earlier try of the same item that got the
+        other verdict) is removed before the record is written.
+
         Args:
             row: the provenance record.
             image: (H, W) float32 in [0, 1].
             mask: (H, W) region that was painted (bool or [0, 1]).
         """
-        folder = "images" if row.accepted else "rejected"
+        folder, other = ("images", "rejected") if row.accepted else ("rejected", "images")
         self._write(f"{folder}/{row.image}", encode_png(image))
+        self._remove(f"{other}/{row.image}")
         self._write(f"masks/{row.image}", encode_png(np.asarray(mask, dtype=np.float32)))
         self._write(f"items/{row.item_id}.json", json.dumps(asdict(row)).encode())
 
-    def rows(self) -> list[ProvenanceRow]:
-        """All finished items, sorted by id."""
+    def _item_rows(self, item_ids: Iterable[str]) -> list[ProvenanceRow]:
         out = []
-        for item_id in sorted(self.done_ids()):
+        for item_id in sorted(set(item_ids)):
             d = json.loads(self._read(f"items/{item_id}.json"))
             out.append(ProvenanceRow(**{k: d.get(k) for k in PROVENANCE_COLUMNS}))
         return out
 
-    def finalize(self, generator_records: dict[str, Record] | None = None) -> dict[str, Any]:
-        """Write ``provenance.csv`` and ``Data_Entry_2017.csv`` from the finished items.
+    def current_ids(self) -> list[str] | None:
+        """Ids of the last finalized plan (``plan.json``); None when the pool was never finalized."""
+        if not self._exists(PLAN):
+            return None
+        return list(json.loads(self._read(PLAN))["items"])
+
+    def rows(self, item_ids: Iterable[str] | None = None) -> list[ProvenanceRow]:
+        """Finished items, sorted by id.
+
+        Args:
+            item_ids: which items (those not finished are left out); default the items of
+                the last finalized plan, or every finished item when there is none.
+        """
+        done = self.done_ids()
+        if item_ids is None:
+            current = self.current_ids()
+            item_ids = done if current is None else current
+        return self._item_rows(i for i in item_ids if i in done)
+
+    def finalize(
+        self, generator_records: dict[str, Record] | None = None, item_ids: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Write ``plan.json``, ``provenance.csv`` and ``Data_Entry_2017.csv`` for one plan.
+
+        Items of earlier plans that are still in the folder (another seed, other findings)
+        stay on disk but are left out of the tables.
 
         Args:
             generator_records: source image index -> its real record, to copy age, sex and
                 view into the synthetic image's row.
+            item_ids: the current plan's item ids (finished ones are written); default
+                every finished item in the pool.
 
         Returns:
             Counts per finding: planned-and-finished, accepted, rejected.
         """
-        rows = self.rows()
+        done = self.done_ids()
+        rows = self._item_rows(done if item_ids is None else [i for i in item_ids if i in done])
+        self._write(PLAN, json.dumps({"items": [r.item_id for r in rows]}).encode())
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=PROVENANCE_COLUMNS, lineterminator="\n")
         w.writeheader()

@@ -2,7 +2,8 @@
 
 Checks what the job promises whatever the models' quality: every planned item ends up in
 the provenance table exactly once (also after a resumed run and a killed actor), the Ray
-Data job makes the same images as the plain loop, and a corrupt source is counted, not fatal.
+Data job makes the same images as the plain loop, a corrupt source is counted, not fatal,
+a pool refuses a second generator, and the tables hold the current plan only.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     clf = save_clf(root / "classifier.pt", build_classifier(cfg.classifier, load_pretrained=False), cfg.classifier)
     gen = save_gen(root / "generator.pt", build_model(cfg.inpainting), cfg.inpainting)
+    torch.manual_seed(1)
+    save_gen(root / "generator2.pt", build_model(cfg.inpainting), cfg.inpainting)  # other weights
     _, split = prepare_data(cfg)
     return root, split, str(clf), str(gen)
 
@@ -108,20 +111,46 @@ def test_plain_loop_writes_every_planned_item_once(setup, tmp_path):
 
         assert len(load_index(tmp_path / "pool")) == n_acc
 
-    # resume: drop two finished items, run again: only those two are made
+    # resume: drop two finished items, leave a killed run's temporary file, run again:
+    # only those two are made, and the temporary file is gone
     for r in rows[:2]:
         (tmp_path / "pool" / "items" / f"{r['item_id']}.json").unlink()
+    (tmp_path / "pool" / "images" / ".half_written.png.1a2b3c.tmp").write_bytes(b"half")
     again = run_augment(cfg, split.train, clf, gen, generator_run="g1", use_ray=False)
     assert again.processed == 2 and again.skipped_done == 4
     assert sorted(r["item_id"] for r in _provenance(tmp_path / "pool")) == sorted(r["item_id"] for r in rows)
     assert not list((tmp_path / "pool").rglob("*.tmp"))
+
+    # another plan (another seed) in the same pool: the tables list its items only
+    other = run_augment(_cfg(root, str(tmp_path / "pool"), "augment.seed=5"), split.train, clf, gen, use_ray=False)
+    assert other.planned == 6 and other.processed == 6 and other.skipped_done == 0
+    now = _provenance(tmp_path / "pool")
+    assert len(now) == 6 and not {r["item_id"] for r in now} & {r["item_id"] for r in rows}
+    listed = {r["Image Index"] for r in csv.DictReader(open(tmp_path / "pool" / "Data_Entry_2017.csv"))}
+    assert listed == {r["image"] for r in now if r["accepted"] == "True"}
+
+
+def test_rerun_with_another_generator_is_refused(setup, tmp_path):
+    from augment.augmentation import PoolError, PoolWriter, generator_fingerprint
+    from jobs.augment import run_augment
+
+    root, split, clf, gen = setup
+    gen2 = str(root / "generator2.pt")
+    assert generator_fingerprint(gen2) != generator_fingerprint(gen)
+    pool = tmp_path / "pool"
+    PoolWriter(str(pool)).claim_generator(generator_fingerprint(gen), gen)  # as a first run with gen does
+    t0 = time.perf_counter()
+    with pytest.raises(PoolError, match="set augment.output to another folder"):
+        run_augment(_cfg(root, str(pool)), split.train, clf, gen2, use_ray=False)
+    assert time.perf_counter() - t0 < 10  # refused before the models load
+    assert not list((pool / "items").iterdir())
 
 
 def test_corrupt_source_is_counted_not_fatal(setup, tmp_path):
     import shutil
     from dataclasses import replace
 
-    from augment.augmentation import plan_augmentation
+    from augment.augmentation import generator_fingerprint, plan_augmentation
     from jobs.augment import run_augment
 
     root, split, clf, gen = setup
@@ -130,7 +159,8 @@ def test_corrupt_source_is_counted_not_fatal(setup, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(split.train.root, data)
     train = replace(split.train, root=data)
-    first = plan_augmentation(train, ["Cardiomegaly", "Effusion"], 40, 3, cfg.augment.seed)[0]
+    first = plan_augmentation(train, ["Cardiomegaly", "Effusion"], 40, 3, cfg.augment.seed,
+                              generator=generator_fingerprint(gen))[0]
     (data / "images" / first.source).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     res = run_augment(cfg, train, clf, gen, use_ray=False)
     assert res.processed == 6
