@@ -64,7 +64,7 @@ def read_checkpoint(
     """
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"{what} {p} not found" + (f"; {hint}" if hint else ""))
+        raise CheckpointError(f"{p}: {what} not found" + (f"; {hint}" if hint else ""))
     try:
         payload = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files

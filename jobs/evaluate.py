@@ -12,7 +12,15 @@ synthetic image's healthy source (for the cosine-to-source measure and to skip t
 in the near-copy search) and its painted region (for the crop two-sample test and the
 masked memorisation distance). At most ``--max-images`` images per set are used (a seeded
 random subset), read at ``--image-size`` for the pixel-space measures and at the
-classifier's own size for embeddings. Writes ``evaluation.json`` and PNG figures into
+classifier's own size for embeddings.
+
+Measures that cannot flatter: the real side leaves out every patient that gave a source to
+the pool (so ``--real`` may be the whole data folder); the two-sample test is cross-validated
+with folds grouped by patient (a synthetic image counts as its source's patient); FID comes
+with KID (unbiased at small N) in pixel space, which the gate never selected in, beside the
+gate classifier's embedding (read that one as the gate's own view, not as realism); the
+near-copy search covers every image of ``--generator-train``, in pixels (and in
+torchxrayvision features with ``--xrv-weights``), never in the gate's embedding. Writes ``evaluation.json`` and PNG figures into
 ``--out`` (atomically) and, with ``--tracking-uri``, logs metrics and files to an MLflow run.
 """
 
@@ -159,11 +167,25 @@ def evaluate(
     if len(syn_idx) == 0:
         raise DataError(f"{synthetic} holds no synthetic image to evaluate"
                         + ("" if include_rejected else " (the gate accepted none: --include-rejected evaluates the rejected ones too)"))
-    real_recs = _sample(real_idx.records, max_images, seed)
+    # the real side never holds the synthetic images' own sources: drop every patient that
+    # gave a source to any item of the pool (a source beside its painted copy flatters realism)
+    source_patients = {str(row.get("source_patient")) for row in prov.values() if row.get("source_patient")}
+    source_images = {row.get("source") for row in prov.values() if row.get("source")}
+    disjoint = [r for r in real_idx.records if str(r.patient_id) not in source_patients and r.image_index not in source_images]
+    n_real_excluded = len(real_idx.records) - len(disjoint)
+    if len(disjoint) < 2:
+        raise DataError(f"{real} has {len(disjoint)} images of patients that gave no source to {synthetic}; the real side "
+                        "must be disjoint from the sources: give a folder of other patients (e.g. the test split) as --real")
+    real_recs = _sample(disjoint, max_images, seed)
     syn_recs = _sample(syn_idx.records, max_images, seed + 1)
     syn_prov = [prov.get(r.image_index) for r in syn_recs]
+    # groups for the two-sample test: a real image's patient; a synthetic image's source patient
+    real_groups = [f"patient:{r.patient_id}" for r in real_recs]
+    syn_groups = [f"patient:{p['source_patient']}" if p and p.get("source_patient") else f"synthetic:{r.image_index}"
+                  for r, p in zip(syn_recs, syn_prov)]
     syn_findings = [_finding_of(r, p) for r, p in zip(syn_recs, syn_prov)]
-    log.info("evaluating %d synthetic vs %d real images at %d px", len(syn_recs), len(real_recs), image_size)
+    log.info("evaluating %d synthetic vs %d real images at %d px (%d real images of source patients left out)",
+             len(syn_recs), len(real_recs), image_size, n_real_excluded)
 
     model = load_classifier(classifier)
     clf_size = int(getattr(model, "image_size", image_size))
@@ -249,6 +271,10 @@ def evaluate(
             fid_res[name] = {"fid": res.fid, "low": res.low, "high": res.high, "n_real": res.n_real, "n_synthetic": res.n_synthetic,
                              "n_boot": res.n_boot, "feature_dim": res.feature_dim, "bootstrap_bias": res.bootstrap_bias}
             metrics.update(res.metrics())
+        k = _try(f"kid_{name}", lambda: distance.kid(r, s, subset_size=min(100, len(r), len(s)), seed=seed, features=name), skipped)
+        if k is not None:
+            fid_res.setdefault(name, {}).update({"kid": k.kid, "kid_std": k.std, "kid_subset_size": k.subset_size})
+            metrics.update(k.metrics())
 
     # --- diversity (MS-SSIM within each finding) -------------------------------------------
     log.info("MS-SSIM diversity per finding")
@@ -267,7 +293,7 @@ def evaluate(
     # --- two-sample test ---------------------------------------------------------------------
     log.info("two-sample test (discriminator, %d epochs)", two_sample_epochs)
     ts: dict[str, Any] = {}
-    kw = dict(epochs=two_sample_epochs, seed=seed)
+    kw = dict(epochs=two_sample_epochs, seed=seed, groups_real=real_groups, groups_synthetic=syn_groups)
     res = _try("two_sample_image", lambda: two_sample.two_sample_test(real_px, syn_px, image_size=image_size, **kw), skipped)
     if res is not None:
         ts["image"] = asdict(res)
@@ -283,10 +309,13 @@ def evaluate(
     # --- memorisation -------------------------------------------------------------------------
     mem: dict[str, Any] = {}
     if gen_idx is not None:
-        log.info("memorisation: nearest generator-training image")
-        train_recs = _sample(gen_idx.records, max_images, seed + 2)
-        train_px = _read(gen_idx, train_recs, image_size)
-        train_emb = feats(train_px if same else _read(gen_idx, train_recs, clf_size))
+        train_recs = list(gen_idx.records)  # every training image: a near-copy of any of them counts
+        log.info("memorisation: nearest of all %d generator-training images", len(train_recs))
+        train_px = _read(gen_idx, train_recs, min(32, image_size))
+        # near-copies in pixels, and in embeddings only from an extractor the gate did not select in
+        syn_ind = train_emb = None
+        if xrv_weights:
+            syn_ind, train_emb = xf(syn_clf), xf(_read(gen_idx, train_recs, clf_size))
         exclude = [p.get("source") if p else None for p in syn_prov]
         exclude_patients = [p.get("source_patient") or None if p else None for p in syn_prov]
         m = _try(
@@ -294,13 +323,13 @@ def evaluate(
             lambda: memorisation.memorisation_check(
                 syn_px, train_px, synthetic_ids=[r.image_index for r in syn_recs], train_ids=[r.image_index for r in train_recs],
                 exclude=exclude, masks=masks, size=min(32, image_size), train_patients=[r.patient_id for r in train_recs],
-                exclude_patients=exclude_patients, synthetic_embeddings=syn_emb, train_embeddings=train_emb, seed=seed,
+                exclude_patients=exclude_patients, synthetic_embeddings=syn_ind, train_embeddings=train_emb, seed=seed,
             ),
             skipped,
         )
         if m is not None:
             fig(memorisation.memorisation_figure(m), "memorisation.png")
-            mem = {"n_train": len(train_recs), "masked": m.masked, "size": m.size, "flagged": [list(x) for x in m.flagged_ids],
+            mem = {"n_train": len(train_recs), "embedding_features": "xrv" if xrv_weights else None, "masked": m.masked, "size": m.size, "flagged": [list(x) for x in m.flagged_ids],
                    "pixel": {"threshold": m.pixel.threshold, "threshold_source": m.pixel.threshold_source,
                              "synthetic": m.pixel.synthetic, "real": m.pixel.real}}
             if m.embedding is not None:
@@ -325,7 +354,8 @@ def evaluate(
                    "generator_train": None if generator_train is None else str(generator_train), "n_real": len(real_recs),
                    "n_synthetic": len(syn_recs), "image_size": image_size, "classifier_image_size": clf_size, "seed": seed,
                    "n_boot": n_boot, "max_pairs": max_pairs, "masks": masks is not None, "provenance": bool(prov),
-                   "include_rejected": include_rejected, "pool_accepted": n_accepted, "pool_rejected": n_rejected},
+                   "include_rejected": include_rejected, "pool_accepted": n_accepted, "pool_rejected": n_rejected,
+                   "real_excluded_source_patients": n_real_excluded, "real_disjoint_from_sources": True},
         "fidelity": fid_out,
         "fid": fid_res,
         "diversity": diversity,

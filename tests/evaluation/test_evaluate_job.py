@@ -60,11 +60,17 @@ def test_evaluate_writes_json_figures_and_mlflow_run(inputs, tmp_path, capsys):
     assert res["inputs"]["masks"] and res["inputs"]["provenance"] and not res["inputs"]["include_rejected"]
     assert set(res["fid"]) == {"classifier", "pixels"} and res["fid"]["classifier"]["n_real"] == 12
     assert res["fid"]["classifier"]["low"] is not None
+    assert res["fid"]["pixels"]["kid_subset_size"] == 8 and "kid_pixels" in res["metrics"]  # KID beside FID
+    assert res["inputs"]["real_excluded_source_patients"] == 0  # --real holds other patients than the sources
     assert res["fidelity"]["cosine_to_source"]["n"] == 8
     assert "overall" in res["fidelity"]["embedding_silhouette"]
     assert set(res["diversity"]) == {"Effusion", "Nodule"}
     assert set(res["two_sample"]) == {"image", "crop"}
+    ts = res["two_sample"]["image"]
+    assert ts["grouped"] and ts["n_test"] == 20 and len(ts["auc_repeats"]) == ts["repeats"]
+    assert ts["n_groups"] == 6 + 7  # 6 real patients; the 8 accepted images come from 7 source patients
     assert res["memorisation"]["masked"] and res["memorisation"]["flagged"] == []  # sources skipped
+    assert res["memorisation"]["n_train"] == 10 and res["memorisation"]["embedding_features"] is None  # all of them, pixels
     assert {r["set"] for r in res["classifier_sets"]} == {"real", "synthetic", "combined"}
     m = res["metrics"]
     assert {"fid_classifier", "embedding_silhouette", "two_sample_image_auc", "memorisation_pixel_n_flagged",
@@ -94,6 +100,21 @@ def test_evaluate_include_rejected_reads_the_gates_rejects(inputs, tmp_path):
     assert res["fidelity"]["cosine_to_source"]["n"] == 12  # rejected images keep their provenance source
     assert res["two_sample"]["crop"]["n_test"] > 0  # and their masks
     assert set(res["diversity"]) == {"Effusion", "Nodule"}
+
+
+def test_the_real_side_leaves_out_the_sources_patients(inputs, tmp_path, make_nih_folder, capsys):
+    """--real holding the sources themselves: their patients are dropped; only sources: a clear error."""
+    _, train, pool, clf = inputs
+    mixed = make_nih_folder([(f"{i:08d}_000.png", "No Finding", i) for i in range(10)]
+                            + [(f"{300 + i:08d}_000.png", "Effusion", 300 + i) for i in range(8)], size=32, name="mixed")
+    out = tmp_path / "out"
+    argv = ["--real", str(mixed), "--synthetic", str(pool), "--classifier", str(clf), "--out", str(out),
+            "--image-size", "32", "--n-boot", "5", "--epochs", "1", "--max-pairs", "5"]
+    assert main(argv) == 0
+    res = json.loads((out / "evaluation.json").read_text())
+    assert res["inputs"]["real_excluded_source_patients"] == 10 and res["inputs"]["n_real"] == 8
+    assert main(["--real", str(train), "--synthetic", str(pool), "--classifier", str(clf), "--out", str(tmp_path / "o2")]) == 2
+    assert "disjoint from the sources" in capsys.readouterr().err
 
 
 def test_evaluate_without_provenance_cannot_include_rejected(tmp_path, make_nih_folder, inputs, capsys):
