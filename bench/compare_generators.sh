@@ -17,7 +17,9 @@
 # like the others, so the table shows how far each measure is from real for the sources alone. Every step resumes:
 # a finished pool item, evaluation or utility cell is not redone.
 #
-# Environment: PY (python, default .venv/bin/python), KINDS, SETS (extra "--set k=v" arguments
+# Environment: PY (python, default .venv/bin/python), KINDS, STEPS (which of "pool evaluate utility"
+# to run, default all three: STEPS=pool makes the pools only, STEPS=evaluate re-measures existing
+# pools with the current measures), SETS (extra "--set k=v" arguments
 # for every job, e.g. SETS="--set augment.target_count=20"), UTILITY_SETS (for jobs.utility only,
 # default "--set utility.seeds=3"), EVAL_ARGS (for jobs.evaluate; EVAL_ARGS=--include-rejected
 # measures every generated image, the gate's rejects included, which is what to read where the
@@ -29,6 +31,8 @@ KINDS=${KINDS:-flow vae lsgan identity}
 read -r -a SETS_A <<< "${SETS:-}"
 read -r -a USETS_A <<< "${UTILITY_SETS:---set utility.seeds=3}"
 read -r -a EVAL_A <<< "${EVAL_ARGS:-}"
+STEPS=${STEPS:-pool evaluate utility}
+step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 eval "$($PY - "$CONFIG" "${SETS_A[@]}" <<'EOF'
 import shlex, sys
@@ -47,25 +51,30 @@ CLF="$OUT/classifier/classifier.pt"
 for kind in $KINDS; do
   echo "== $kind"
   POOL="$OUT/compare-generators/pool-$kind"
-  if [ "$kind" = identity ]; then
-    # the control: the flow pool's items with their sources unpainted (needs flow's pool first)
-    [ -f "$OUT/compare-generators/pool-flow/provenance.csv" ] || { echo "identity needs the flow pool: put flow before it in KINDS" >&2; exit 2; }
-    $PY bench/identity_pool.py --pool "$OUT/compare-generators/pool-flow" --data "$DATA" --out "$POOL"
-  elif [ "$kind" = flow ]; then
-    GEN="$OUT/generator/generator.pt"
-  else
-    GEN="$OUT/generator-$kind/generator.pt"
-    [ -f "$GEN" ] || $PY -m jobs.train_generator --config "$CONFIG" "${SETS_A[@]}" --generator "$kind"
+  if step pool; then
+    if [ "$kind" = identity ]; then
+      # the control: the flow pool's items with their sources unpainted (needs flow's pool first)
+      [ -f "$OUT/compare-generators/pool-flow/provenance.csv" ] || { echo "identity needs the flow pool: put flow before it in KINDS" >&2; exit 2; }
+      $PY bench/identity_pool.py --pool "$OUT/compare-generators/pool-flow" --data "$DATA" --out "$POOL"
+    else
+      if [ "$kind" = flow ]; then
+        GEN="$OUT/generator/generator.pt"
+      else
+        GEN="$OUT/generator-$kind/generator.pt"
+        [ -f "$GEN" ] || $PY -m jobs.train_generator --config "$CONFIG" "${SETS_A[@]}" --generator "$kind"
+      fi
+      $PY -m jobs.augment --config "$CONFIG" "${SETS_A[@]}" --set "augment.output=$POOL" --classifier "$CLF" --generator "$GEN"
+    fi
   fi
-  [ "$kind" = identity ] || $PY -m jobs.augment --config "$CONFIG" "${SETS_A[@]}" --set "augment.output=$POOL" --classifier "$CLF" --generator "$GEN"
   EVAL="$OUT/compare-generators/evaluate-$kind"
-  # an evaluation made with other EVAL_ARGS is redone, not reused
-  if [ ! -f "$EVAL/evaluation.json" ] || [ "$(cat "$EVAL/eval-args" 2>/dev/null)" != "${EVAL_ARGS:-}" ]; then
+  # an evaluation made with other EVAL_ARGS or by older measures is redone, not reused
+  STAMP="${EVAL_ARGS:-} measures=2"
+  if step evaluate && { [ ! -f "$EVAL/evaluation.json" ] || [ "$(cat "$EVAL/eval-args" 2>/dev/null)" != "$STAMP" ]; }; then
     $PY -m jobs.evaluate --real "$DATA" --synthetic "$POOL" --classifier "$CLF" \
       --generator-train "$DATA" --out "$EVAL" --tracking-uri "$TRACKING" --experiment "cxr-augment/$NAME/generators" "${EVAL_A[@]}"
-    printf '%s' "${EVAL_ARGS:-}" > "$EVAL/eval-args"
+    printf '%s' "$STAMP" > "$EVAL/eval-args"
   fi
   # nothing painted, nothing to learn from: the control has no utility run
-  [ "$kind" = identity ] || $PY -m jobs.utility --config "$CONFIG" "${SETS_A[@]}" "${USETS_A[@]}" --pool "$POOL" --out "$OUT/compare-generators/utility-$kind"
+  [ "$kind" = identity ] || ! step utility || $PY -m jobs.utility --config "$CONFIG" "${SETS_A[@]}" "${USETS_A[@]}" --pool "$POOL" --out "$OUT/compare-generators/utility-$kind"
 done
 $PY bench/generators_table.py --root "$OUT/compare-generators" --kinds $KINDS --out "bench/results/generators-$NAME"
