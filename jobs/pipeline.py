@@ -206,21 +206,30 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, test: NIHIndex) -> tup
     return res.y_true, res.y_prob, res.loss
 
 
-def _compare_stage(cfg: RunConfig, base: StageResult, aug: StageResult, test: NIHIndex, parent_run_id: str) -> StageResult:
+def _compare_stage(cfg: RunConfig, base: StageResult, aug: StageResult, test: NIHIndex, val: NIHIndex,
+                   parent_run_id: str) -> StageResult:
+    """Both classifiers on the test split: AUC differences with a patient-level paired bootstrap,
+    accuracy at each model's Youden threshold chosen on the validation split."""
     import mlflow
 
     from augment import tracking
-    from augment.classifier.metrics import classification_metrics
+    from augment.classifier.metrics import classification_metrics, youden_thresholds
     from augment.evaluation.compare import compare_auc, comparison_figure
     from augment.evaluation.plots import save_figure
 
-    key = stage_key({"test": sorted(r.image_index for r in test.records)}, [base.key, aug.key])
+    key = stage_key({"test": sorted(r.image_index for r in test.records), "val": sorted(r.image_index for r in val.records),
+                     "measures": 2}, [base.key, aug.key])
 
     def work(out: Path) -> dict[str, Any]:
-        y, pb, lb = evaluate_checkpoint(cfg, base.path / base.result["checkpoint"], test)
-        _, pa, la = evaluate_checkpoint(cfg, aug.path / aug.result["checkpoint"], test)
-        rows = compare_auc(y, pb, pa, seed=cfg.seed)
-        mb, ma = classification_metrics(y, pb, loss=lb), classification_metrics(y, pa, loss=la)
+        ckpt_b, ckpt_a = base.path / base.result["checkpoint"], aug.path / aug.result["checkpoint"]
+        y, pb, lb = evaluate_checkpoint(cfg, ckpt_b, test)
+        _, pa, la = evaluate_checkpoint(cfg, ckpt_a, test)
+        yv, pvb, _ = evaluate_checkpoint(cfg, ckpt_b, val)
+        _, pva, _ = evaluate_checkpoint(cfg, ckpt_a, val)
+        patients = [r.patient_id for r in test.records]  # the loader keeps the index's order
+        rows = compare_auc(y, pb, pa, seed=cfg.seed, groups=patients)
+        mb = classification_metrics(y, pb, loss=lb, thresholds=youden_thresholds(yv, pvb))
+        ma = classification_metrics(y, pa, loss=la, thresholds=youden_thresholds(yv, pva))
         table = []
         for r in rows:
             d = r.to_dict()
@@ -229,7 +238,8 @@ def _compare_stage(cfg: RunConfig, base: StageResult, aug: StageResult, test: NI
                 d["acc_youden_base"], d["acc_youden_augmented"] = fb.accuracy_at_youden, fa.accuracy_at_youden
             table.append(d)
         summary = {
-            "test_images": len(test),
+            "test_images": len(test), "test_patients": len(set(patients)),
+            "interval": "paired bootstrap over test patients", "youden_threshold_from": "validation split",
             "loss_base": lb, "loss_augmented": la,
             "gap_base": base.result["loss_gap"], "gap_augmented": aug.result["loss_gap"],
             "train_images_base": base.result["train_images"], "train_images_augmented": aug.result["train_images"],
@@ -276,6 +286,9 @@ def _print_comparison(res: dict[str, Any]) -> None:
         print(f"{r['finding']:<20}{r['n_positive']:>5}{_fmt(r['auc_base']):>10}{_fmt(r['auc_augmented']):>10}"
               f"{_fmt(r['delta'], '+.3f'):>9} {ci:>16}  {r['verdict']}")
     print(f"{'test loss':<20}{'':>5}{_fmt(s['loss_base'], '.4f'):>10}{_fmt(s['loss_augmented'], '.4f'):>10}")
+    if "test_patients" in s:
+        print(f"(95% intervals: paired bootstrap over the {s['test_patients']} test patients; accuracy at the Youden "
+              "threshold chosen on the validation split)")
     print(f"{'train-val gap':<20}{'':>5}{_fmt(s['gap_base'], '.4f'):>10}{_fmt(s['gap_augmented'], '.4f'):>10}")
 
 
@@ -333,7 +346,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
                 "generator/generator.pt": gen.path / gen.result["checkpoint"],
                 "classifier-augmented/classifier.pt": retrained.path / retrained.result["checkpoint"],
             })
-            cmp = _compare_stage(cfg, base, retrained, split.test, pid)
+            cmp = _compare_stage(cfg, base, retrained, split.test, split.val, pid)
             results["compare"] = cmp.result
             lap("compare")
             _print_comparison(cmp.result)
