@@ -55,13 +55,17 @@ def realism(ev: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     d = json.loads(path.read_text())
-    fid = {k: {x: v.get(x) for x in ("fid", "low", "high", "n_real", "n_synthetic")} for k, v in d.get("fid", {}).items()}
-    ts = {k: {x: v.get(x) for x in ("auc", "low", "high", "n_test")} for k, v in d.get("two_sample", {}).items()}
+    fid = {k: {x: v.get(x) for x in ("fid", "low", "high", "n_real", "n_synthetic", "kid", "kid_std")}
+           for k, v in d.get("fid", {}).items()}
+    ts = {k: {x: v.get(x) for x in ("auc", "low", "high", "n_test", "auc_repeats", "grouped", "folds", "repeats")}
+          for k, v in d.get("two_sample", {}).items()}
     div = {f: {"synthetic": (v.get("synthetic") or {}).get("mean"), "real": (v.get("real") or {}).get("mean")}
            for f, v in d.get("diversity", {}).items()}
     mem = d.get("memorisation", {})
     return {"fid": fid, "two_sample": ts, "ms_ssim": div, "near_copies": len(mem.get("flagged", [])) if mem else None,
+            "near_copy_train_images": mem.get("n_train") if mem else None,
             "n_real": d["inputs"]["n_real"], "n_synthetic": d["inputs"]["n_synthetic"],
+            "real_disjoint_from_sources": bool(d["inputs"].get("real_disjoint_from_sources")),
             "include_rejected": bool(d["inputs"].get("include_rejected"))}
 
 
@@ -98,17 +102,34 @@ def markdown(res: dict[str, Any]) -> str:
         lines += ["Realism measured on " + " / ".join(
             "every generated image, the gate's rejects included (--include-rejected)" if e else "the images the gate accepted"
             for e in sorted(evaluated)) + ".", ""]
-    lines += ["| generator | accepted / items | FID, classifier features [95%] | FID, 32x32 pixels [95%] | "
-              "two-sample AUC, whole image [95%] | two-sample AUC, crops [95%] | near-copies | real / synthetic evaluated |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def kid(d: dict[str, Any] | None) -> str:
+        return "n/a" if not d or d.get("kid") is None else f"{d['kid']:.4f} ± {d['kid_std']:.4f}"
+
+    def auc(d: dict[str, Any] | None) -> str:
+        if not d or d.get("auc") is None:
+            return "n/a"
+        reps = d.get("auc_repeats") or []
+        spread = f" (repeats {min(reps):.2f}-{max(reps):.2f})" if len(reps) > 1 else ""
+        return iv(d, "auc", "{:.3f}") + spread + ("" if d.get("grouped") else " ungrouped")
+
+    old = [k for k, r in res["generators"].items() if r["realism"] and not r["realism"].get("real_disjoint_from_sources")]
+    lines += ["Real side: images of patients that gave no source to the pool. Two-sample AUC: grouped k-fold by "
+              "patient/source, mean over repeats, 95% interval from a bootstrap over groups, the repeats' range beside it. "
+              "Pixel FID and KID (32x32 pixels, a space the gate never selected in); the gate classifier's own embedding "
+              "last, for reference only." + (f" Not yet re-measured this way: {', '.join(old)}." if old else ""), "",
+              "| generator | accepted / items | FID, 32x32 pixels [95%] | KID, 32x32 pixels (± sd) | "
+              "two-sample AUC, whole image [95%] | two-sample AUC, crops [95%] | near-copies / training images searched | "
+              "real / synthetic evaluated | FID, gate classifier's embedding [95%] |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for kind, r in res["generators"].items():
         acc = r["acceptance"]
         rl = r["realism"] or {}
         fid, ts = rl.get("fid") or {}, rl.get("two_sample") or {}
         acc_s = "n/a" if not acc else (f"{acc['accepted']} / {acc['items']}" if acc.get("gated", True) else f"not gated / {acc['items']}")
-        lines.append(f"| {kind} | {acc_s} | {iv(fid.get('classifier'), 'fid', '{:.2f}')} | {iv(fid.get('pixels'), 'fid', '{:.2f}')} | "
-                     f"{iv(ts.get('image'), 'auc', '{:.3f}')} | {iv(ts.get('crop'), 'auc', '{:.3f}')} | {rl.get('near_copies', 'n/a')} | "
-                     f"{rl.get('n_real', 'n/a')} / {rl.get('n_synthetic', 'n/a')} |")
+        lines.append(f"| {kind} | {acc_s} | {iv(fid.get('pixels'), 'fid', '{:.2f}')} | {kid(fid.get('pixels'))} | "
+                     f"{auc(ts.get('image'))} | {auc(ts.get('crop'))} | {rl.get('near_copies', 'n/a')} / "
+                     f"{rl.get('near_copy_train_images', 'n/a')} | {rl.get('n_real', 'n/a')} / {rl.get('n_synthetic', 'n/a')} | "
+                     f"{iv(fid.get('classifier'), 'fid', '{:.2f}')} |")
     findings = sorted({f for r in res["generators"].values() for f in ((r["realism"] or {}).get("ms_ssim") or {})})
     if findings:
         lines += ["", "Acceptance and diversity per finding (MS-SSIM among samples of one finding: lower = more diverse; real images of the finding in parentheses).", "",
