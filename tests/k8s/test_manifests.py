@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import json
 import os
 import re
@@ -49,9 +50,16 @@ NAMESPACE = "cxr-augment"
 K8S_VERSION = "1.30"
 RAY_KINDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
+# One Ray token per cluster: kind -> (Secret, value of the pod label cxr-augment.io/ray-cluster).
+RAY_CLUSTERS = {"RayCluster": ("cxr-ray-auth", "interactive"), "RayJob": ("cxr-pipeline-ray-auth", "pipeline"),
+                "RayService": ("cxr-serve-ray-auth", "serve")}
+CLUSTER_LABEL = "cxr-augment.io/ray-cluster"
 # Secrets the operator creates (k8s/README.md): name -> keys the manifests read.
-SECRETS = {"ray-auth": {"auth_token"}, "cxr-api-token": {"token"},
+SECRETS = {**{secret: {"auth_token"} for secret, _ in RAY_CLUSTERS.values()}, "cxr-api-token": {"token"},
            "mlflow-db": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "MLFLOW_BACKEND_STORE_URI"}}
+API_TOKEN_FILE = "/var/run/secrets/cxr-augment/api-token/token"
+TOKEN_FILE_OVERRIDE = f"serve.token_file={API_TOKEN_FILE}"
+DIGEST_PINNED = re.compile(r"^(?P<name>[^@\s:]+(?::\d+)?(?:/[^@\s:]+)*):(?P<tag>[\w][\w.-]*)@sha256:[0-9a-f]{64}$")
 OPTIONAL_SECRETS = {"cxr-object-store"}
 SECRETISH = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|PRIVATE|API_KEY|ACCESS_KEY", re.I)
 # Parameter ids avoid the bare word "gpu": tests/conftest.py skips items with a "gpu"
@@ -238,8 +246,11 @@ def test_json6902_test_op_makes_a_patch_fail_when_the_group_order_changes(tmp_pa
 
 
 def test_images_reach_pod_templates_nested_in_custom_resources(rendered):
-    images = {c["image"] for o in rendered["cpu"] for _, c, _ in _containers(o) if "image" in c}
-    assert any(i.endswith("-cpu") for i in images), images
+    """Kustomize's images transformer also rewrites the pod templates inside the KubeRay objects."""
+    ray_images = {c["image"] for o in rendered["cpu"] if o["kind"] in RAY_KINDS
+                  for _, c, _ in _containers(o) if "image" in c}
+    assert ray_images and all(DIGEST_PINNED.match(i) and DIGEST_PINNED.match(i)["tag"].endswith("-cpu")
+                              for i in ray_images), ray_images
 
 
 # --------------------------------------------------------------------------- rendering
@@ -373,6 +384,9 @@ def _secret_refs(objs: list[dict]) -> dict[str, set[str]]:
                 refs.setdefault(node["secretKeyRef"]["name"], set()).add(node["secretKeyRef"]["key"])
             if "secretRef" in node:
                 refs.setdefault(node["secretRef"]["name"], set())
+            if isinstance(node.get("secret"), dict) and "secretName" in node["secret"]:  # a Secret volume
+                keys = {item["key"] for item in node["secret"].get("items", [])}
+                refs.setdefault(node["secret"]["secretName"], set()).update(keys)
             if isinstance(node.get("authOptions"), dict) and "secretName" in node["authOptions"]:
                 refs.setdefault(node["authOptions"]["secretName"], set()).add("auth_token")
             for v in node.values():
@@ -402,27 +416,50 @@ def test_secrets_are_referenced_by_name_and_documented(rendered, overlay):
     for key, value in assigned.items():
         if SECRETISH.search(key) or key == "MLFLOW_BACKEND_STORE_URI":
             assert value.strip() in ("",) or "replace-me" in value, f"secrets.example.env: {key} must be a placeholder"
+    for secret, _ in RAY_CLUSTERS.values():
+        assert secret in example, f"secrets.example.env does not name the Secret {secret}"
+
+
+def test_tokens_are_documented_as_at_least_32_random_characters():
+    """The service refuses API tokens under 32 characters (and the placeholder): every token
+    the docs tell people to generate must be long enough, and every placeholder refused."""
+    readme = (K8S / "README.md").read_text()
+    example = (K8S / "secrets.example.env").read_text()
+    for name, text in (("k8s/README.md", readme), ("k8s/secrets.example.env", example)):
+        assert re.search(r"at least 32 characters", text), f"{name} must say tokens have at least 32 characters"
+        generated = [int(n) for n in re.findall(r"openssl rand -hex (\d+)", text)]
+        assert generated and min(generated) * 2 >= 32, f"{name}: openssl rand -hex {generated} gives < 32 characters"
+        assert not re.search(r"openssl rand -base64 ([0-9]|1[0-9]|2[0-3])\b", text), f"{name}: a base64 token < 32 characters"
+    tokens = [line.split("=", 1) for line in example.splitlines() if re.match(r"^[A-Z_]*TOKEN=", line)]
+    assert len(tokens) == len(RAY_CLUSTERS) + 1, tokens
+    assert all(value == "replace-me" for _, value in tokens), "token placeholders must be the refused 'replace-me'"
 
 
 # --------------------------------------------------------------------------- Ray
 
 
 @each_overlay
-def test_ray_token_auth_is_on_and_fed_from_the_secret(rendered, rendered_text, overlay):
+def test_each_ray_cluster_has_token_auth_fed_from_its_own_secret(rendered, rendered_text, overlay):
     problems = []
+    ray_secrets = {secret for secret, _ in RAY_CLUSTERS.values()}
+    assert len(ray_secrets) == len(RAY_CLUSTERS), "one Secret per Ray cluster"
     for o in _objs(rendered, overlay):
         if o["kind"] not in RAY_KINDS:
             continue
+        own, _ = RAY_CLUSTERS[o["kind"]]
         auth = _cluster_spec(o).get("authOptions", {})
-        if auth != {"mode": "token", "secretName": "ray-auth"}:
-            problems.append(f"{o['kind']}/{o['metadata']['name']}: authOptions {auth}")
+        if auth != {"mode": "token", "secretName": own}:
+            problems.append(f"{o['kind']}/{o['metadata']['name']}: authOptions {auth}, expected Secret {own}")
         for where, c in _ray_containers(o):
             env = _env(c)
             if env.get("RAY_AUTH_MODE", {}).get("value") != "token":
                 problems.append(f"{where}: RAY_AUTH_MODE is not token")
             ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
-            if ref != {"name": "ray-auth", "key": "auth_token"}:
-                problems.append(f"{where}: RAY_AUTH_TOKEN is not read from Secret ray-auth/auth_token")
+            if ref != {"name": own, "key": "auth_token"}:
+                problems.append(f"{where}: RAY_AUTH_TOKEN is {ref}, not Secret {own}/auth_token")
+        others = (ray_secrets - {own}) & set(_secret_refs([o]))
+        if others:
+            problems.append(f"{o['kind']}/{o['metadata']['name']} reads another cluster's token: {sorted(others)}")
     assert "RAY_AUTH_MODE=disabled" not in rendered_text[overlay]
     assert not problems, "\n".join(problems)
 
@@ -436,7 +473,9 @@ def test_ray_version_and_images_follow_the_pin(rendered, overlay, ray_version):
         for where, c in _ray_containers(o):
             if "image" not in c:  # the autoscaler uses the head's image
                 continue
-            name, tag = c["image"].rsplit(":", 1)
+            m = DIGEST_PINNED.match(c["image"])
+            assert m, f"{where}: {c['image']} is not NAME:TAG@sha256:DIGEST"
+            name, tag = m["name"], m["tag"]
             assert name.endswith("cxr-augment"), f"{where}: {c['image']}"
             assert tag.startswith(f"ray{ray_version}-py311"), f"{where}: tag {tag} does not carry Ray {ray_version}"
 
@@ -558,7 +597,7 @@ def test_rayservice_serves_the_application_of_serve_yaml(rendered, overlay):
     args = dict(app["args"])
     overrides = args.pop("overrides", [])
     assert {**app, "args": args} == local_app
-    assert overrides == ([] if overlay != "cpu" else _entrypoint(rendered, "cpu")[2])
+    assert overrides == ([] if overlay != "cpu" else _entrypoint(rendered, "cpu")[2]) + [TOKEN_FILE_OVERRIDE]
     cfg = load_config(REPO / args["config"], overrides)
     assert cfg.resources.use_gpu is (overlay != "cpu")
     for name in ("Ingress", "Generator"):
@@ -583,14 +622,137 @@ def test_serve_import_path_resolves_to_the_services_module():
         )
 
 
+def _volumes_by_mount(pod: dict, container: dict) -> dict[str, tuple[dict, dict]]:
+    """mountPath -> (volume mount, volume) of one container of a pod spec."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    return {m["mountPath"]: (m, volumes.get(m["name"], {})) for m in container.get("volumeMounts", [])}
+
+
 @each_overlay
-def test_serve_containers_get_the_api_token_from_its_secret(rendered, overlay):
+def test_serve_pods_read_the_api_token_from_a_file_that_can_rotate(rendered, overlay):
+    """The token is the mounted Secret (updated in place by the kubelet, re-read by the
+    service), not an environment variable that only a restart changes; nothing outside the
+    serving cluster holds it."""
     svc = _one(rendered, overlay, "RayService")
-    for where, c in _ray_containers(svc):
-        if where.endswith("autoscaler"):
+    _, app = _serve_app(svc["spec"]["serveConfigV2"])
+    assert TOKEN_FILE_OVERRIDE in app["args"]["overrides"]
+    directory, _, filename = API_TOKEN_FILE.rpartition("/")
+    problems = []
+    for where, pod in _pod_specs(svc):
+        c = pod["containers"][0]
+        if "CXR_API_TOKEN" in _env(c):
+            problems.append(f"{where}: CXR_API_TOKEN in the environment; the mounted file must be the only source")
+        mounted = _volumes_by_mount(pod, c).get(directory)
+        if mounted is None:
+            problems.append(f"{where}: nothing mounted at {directory}")
             continue
-        ref = _env(c).get("CXR_API_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
-        assert ref == {"name": "cxr-api-token", "key": "token"}, where
+        mount, volume = mounted
+        secret = volume.get("secret", {})
+        if secret.get("secretName") != "cxr-api-token":
+            problems.append(f"{where}: {directory} is not the Secret cxr-api-token: {volume}")
+        if secret.get("items") and {"key": "token", "path": filename} not in secret["items"]:
+            problems.append(f"{where}: key token is not projected to {filename}: {secret['items']}")
+        if mount.get("subPath") or mount.get("subPathExpr"):
+            problems.append(f"{where}: a subPath mount is never updated, so the token could not rotate")
+        if mount.get("readOnly") is not True:
+            problems.append(f"{where}: the token mount is not read-only")
+    assert not problems, "\n".join(problems)
+    for kind in ("RayCluster", "RayJob"):
+        assert "cxr-api-token" not in _secret_refs([_one(rendered, overlay, kind)]), f"{kind} holds the API token"
+
+
+@each_overlay
+def test_serve_pods_mount_data_and_models_read_only(rendered, overlay):
+    svc, job = _one(rendered, overlay, "RayService"), _one(rendered, overlay, "RayJob")
+    problems = []
+    for where, pod in _pod_specs(svc):
+        mounts = _volumes_by_mount(pod, pod["containers"][0])
+        assert {"/data", "/models"} <= set(mounts), f"{where}: {sorted(mounts)}"
+        for path, (mount, volume) in mounts.items():
+            if "persistentVolumeClaim" in volume and mount.get("readOnly") is not True:
+                problems.append(f"{where}: {path} (PVC {volume['persistentVolumeClaim']['claimName']}) is writable")
+        for e in pod["containers"][0].get("envFrom", []):
+            if e.get("secretRef", {}).get("name") == "cxr-object-store":
+                problems.append(f"{where}: holds the object-store credentials it does not need")
+    assert not problems, "\n".join(problems)
+    # The pipeline writes its outputs under /data (output_dir of its profile): it stays writable.
+    for where, pod in _pod_specs(job):
+        if not where.endswith("submitter"):
+            mount, _ = _volumes_by_mount(pod, pod["containers"][0])["/data"]
+            assert not mount.get("readOnly"), f"{where}: the pipeline writes under /data"
+
+
+# --------------------------------------------------------------------------- images and root filesystems
+
+
+@base_and_each_overlay
+def test_every_image_is_pinned_by_digest(rendered, overlay):
+    images = []
+    for o in rendered[overlay]:
+        for where, c, _ in _containers(o):
+            if "image" in c:
+                images.append((where, c["image"]))
+            elif not where.endswith("autoscaler"):  # the autoscaler runs the head's image
+                images.append((where, "<no image>"))
+    assert len(images) >= 9  # cpu: MLflow, PostgreSQL, submitter, 3 heads, 3 worker groups
+    unpinned = [f"{where}: {image}" for where, image in images if not DIGEST_PINNED.match(image)]
+    assert not unpinned, "images must be NAME:TAG@sha256:DIGEST:\n" + "\n".join(unpinned)
+
+
+def test_readme_shows_how_to_set_the_real_digest_of_every_image():
+    """k8s/README.md gives one `kustomize edit set image` that sets NAME:TAG@DIGEST for every
+    image the kustomizations pin (their digests are placeholders)."""
+    text = re.sub(r"\\\n\s*", " ", (K8S / "README.md").read_text())  # join continued lines
+    (command,) = [line for line in text.splitlines() if line.strip().startswith("kustomize edit set image")]
+    args = dict(a.split("=", 1) for a in shlex.split(command.split("kustomize edit set image", 1)[1].split("#")[0]))
+    pinned = {i["name"] for i in yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["images"]}
+    assert set(args) == pinned, f"README sets {sorted(args)}, the base pins {sorted(pinned)}"
+    shell_vars = dict(re.findall(r"^(\w+)=(\S+)", text, re.M))
+    for name, ref in args.items():
+        ref = re.sub(r"\$(\w+)", lambda m: shell_vars.get(m[1], m[0]), ref)  # $RAY_IMAGE -> its value
+        assert re.fullmatch(r"\S+:[\w.-]+@\S+", ref), f"{name}={ref} is not IMAGE:TAG@DIGEST"
+    for overlay in OVERLAYS:
+        images = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())["images"]
+        assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", i["digest"]) for i in images), overlay
+
+
+def _mounted_from_empty_dir(pod: dict, container: dict, path: str) -> bool:
+    mounted = _volumes_by_mount(pod, container).get(path)
+    return mounted is not None and "emptyDir" in mounted[1]
+
+
+@each_overlay
+def test_ray_and_mlflow_containers_have_read_only_root_filesystems(rendered, overlay):
+    """Ray, its autoscaler, the job submitter, MLflow and PostgreSQL run with a read-only root
+    filesystem; what they write goes to emptyDirs: /tmp everywhere, Ray's temp dir /tmp/ray
+    shared by the head and its autoscaler, HOME of the Ray and MLflow images."""
+    problems = []
+    n = 0
+    for o in rendered[overlay]:
+        for where, c, pod in _containers(o):
+            n += 1
+            if c.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: readOnlyRootFilesystem is not true")
+            if not _mounted_from_empty_dir(pod, c, "/tmp"):
+                problems.append(f"{where}: /tmp is not an emptyDir")
+            if o["kind"] in RAY_KINDS and not _mounted_from_empty_dir(pod, c, "/home/ray"):
+                problems.append(f"{where}: HOME (/home/ray) is not an emptyDir")
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "mlflow":
+            pod = o["spec"]["template"]["spec"]
+            if not _mounted_from_empty_dir(pod, pod["containers"][0], "/home/mlflow"):
+                problems.append("Deployment/mlflow: HOME (/home/mlflow) is not an emptyDir")
+        if o["kind"] in RAY_KINDS:
+            cs = _cluster_spec(o)
+            head_pod = cs["headGroupSpec"]["template"]["spec"]
+            autoscaler = cs["autoscalerOptions"]
+            # KubeRay shares the volume *named* ray-logs at /tmp/ray between the head and the
+            # autoscaler sidecar; under another name the sidecar would get its own emptyDir.
+            for where, c in ((f"{o['kind']} head", head_pod["containers"][0]), (f"{o['kind']} autoscaler", autoscaler)):
+                mount, volume = _volumes_by_mount(head_pod, c).get("/tmp/ray", ({}, {}))
+                if mount.get("name") != "ray-logs" or "emptyDir" not in volume:
+                    problems.append(f"{where}: /tmp/ray is not the head's emptyDir ray-logs")
+    assert n >= 10
+    assert not problems, "\n".join(problems)
 
 
 # --------------------------------------------------------------------------- MLflow, storage, network
@@ -614,7 +776,9 @@ def test_mlflow_server_is_lean_and_backed_by_postgres_and_a_volume(rendered, ove
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-db"
     assert f"mlflow.{NAMESPACE}.svc.cluster.local:5000" in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
-    tag = c["image"].rsplit(":", 1)[1]
+    m = DIGEST_PINNED.match(c["image"])
+    assert m, f"MLflow image {c['image']} is not NAME:TAG@sha256:DIGEST"
+    tag = m["tag"]
     mlflow_req = _pin(pyproject, "mlflow")
     assert tag in SpecifierSet(mlflow_req[len("mlflow"):]), f"MLflow image {tag} is outside {mlflow_req}"
     assert re.search(rf"mlflow=={re.escape(tag)}\b", (K8S / "mlflow" / "Dockerfile").read_text())
@@ -640,27 +804,172 @@ def test_volumes_claims_and_service_accounts_exist(rendered, overlay):
                     assert m["name"] in volumes or m["name"] in templates, f"{where}: mount {m['name']}"
 
 
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+class _Pod:
+    """A pod for the NetworkPolicy evaluation: its labels and its namespace's labels."""
+
+    def __init__(self, labels: dict[str, str], namespace: str = NAMESPACE, ns_labels: dict[str, str] | None = None):
+        self.labels, self.namespace = labels, namespace
+        self.ns_labels = {"kubernetes.io/metadata.name": namespace, **(ns_labels or {})}
+
+
+def _ingress_allowed(policies: list[dict], src: _Pod, dst: _Pod, port: int) -> bool:
+    """Whether NetworkPolicies (all in ``dst``'s namespace) let ``src`` open TCP ``port`` on ``dst``."""
+    applicable = [p for p in policies if "Ingress" in p["policyTypes"] and _selects(p["podSelector"], dst.labels)]
+    if not applicable:
+        return True
+
+    def peer_ok(peer: dict) -> bool:
+        if "ipBlock" in peer:
+            return False
+        ns_ok = (src.namespace == dst.namespace if "namespaceSelector" not in peer
+                 else _selects(peer["namespaceSelector"], src.ns_labels))
+        return ns_ok and ("podSelector" not in peer or _selects(peer["podSelector"], src.labels))
+
+    def port_ok(rule_ports: list[dict] | None) -> bool:
+        return not rule_ports or any(
+            p.get("protocol", "TCP") == "TCP" and p["port"] <= port <= p.get("endPort", p["port"]) for p in rule_ports)
+
+    return any(port_ok(rule.get("ports")) and ("from" not in rule or any(peer_ok(x) for x in rule["from"]))
+               for p in applicable for rule in p.get("ingress", []))
+
+
+def _ray_pods(rendered, overlay) -> dict[str, dict[str, _Pod]]:
+    """cluster label value -> {"head": pod, "worker": pod}, labelled as KubeRay labels them
+    (the template's labels plus ray.io/node-type and ray.io/is-ray-node)."""
+    out: dict[str, dict[str, _Pod]] = {}
+    for o in _objs(rendered, overlay):
+        if o["kind"] not in RAY_KINDS:
+            continue
+        cs = _cluster_spec(o)
+        templates = {"head": cs["headGroupSpec"]["template"], "worker": cs["workerGroupSpecs"][0]["template"]}
+        pods = {}
+        for node_type, template in templates.items():
+            labels = dict(template.get("metadata", {}).get("labels", {}))
+            assert labels.get(CLUSTER_LABEL) == RAY_CLUSTERS[o["kind"]][1], f"{o['kind']} {node_type}: {labels}"
+            pods[node_type] = _Pod({**labels, "ray.io/node-type": node_type, "ray.io/is-ray-node": "yes"})
+        for g in cs["workerGroupSpecs"]:
+            assert g["template"]["metadata"]["labels"][CLUSTER_LABEL] == RAY_CLUSTERS[o["kind"]][1], g["groupName"]
+        out[RAY_CLUSTERS[o["kind"]][1]] = pods
+    return out
+
+
+# Ports the Ray processes listen on without a rayStartParams entry (GCS, dashboard, client, Serve).
+RAY_HEAD_DEFAULT_PORTS = {6379, 8265, 10001, 8000}
+
+
 @each_overlay
-def test_network_policies_deny_by_default_and_open_ray_serve_and_mlflow(rendered, overlay):
-    pols = {o["metadata"]["name"]: o["spec"] for o in _objs(rendered, overlay, "NetworkPolicy")}
-    deny = pols["default-deny-ingress"]
-    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+def test_network_policies_keep_the_ray_clusters_apart(rendered, overlay):
+    pols = [o["spec"] for o in _objs(rendered, overlay, "NetworkPolicy")]
+    pods = _ray_pods(rendered, overlay)
+    assert set(pods) == {"interactive", "pipeline", "serve"}
+    probe_ports = sorted(RAY_HEAD_DEFAULT_PORTS | {6380, 6381, 8080, 10002, 15000, 19999, 52365, 45678})
+    leaks = [f"{a} {sa} -> {b} {sb}:{port}"
+             for a in pods for b in pods if a != b
+             for sa, src in pods[a].items() for sb, dst in pods[b].items()
+             for port in probe_ports if _ingress_allowed(pols, src, dst, port)]
+    assert not leaks, "Ray traffic between clusters:\n" + "\n".join(leaks)
+    # Within a cluster: interactive and pipeline on every port (Ray Train's gloo/NCCL use
+    # ephemeral ports); serve on exactly the ports its Ray processes are told to use.
+    for cluster in ("interactive", "pipeline"):
+        for port in probe_ports:
+            assert _ingress_allowed(pols, pods[cluster]["worker"], pods[cluster]["head"], port), (cluster, port)
+            assert _ingress_allowed(pols, pods[cluster]["head"], pods[cluster]["worker"], port), (cluster, port)
+    svc = _one(rendered, overlay, "RayService")
+    cs = _cluster_spec(svc)
+    params = [cs["headGroupSpec"]["rayStartParams"]] + [g["rayStartParams"] for g in cs["workerGroupSpecs"]]
+    needed = set(RAY_HEAD_DEFAULT_PORTS)
+    for p in params:
+        lo, hi = int(p["min-worker-port"]), int(p["max-worker-port"])
+        needed |= {int(v) for k, v in p.items() if k.endswith("-port") and k not in ("min-worker-port", "max-worker-port")}
+        needed |= {lo, (lo + hi) // 2, hi}
+        for key in ("node-manager-port", "object-manager-port", "runtime-env-agent-port",
+                    "dashboard-agent-grpc-port", "dashboard-agent-listen-port", "metrics-export-port"):
+            assert key in p, f"RayService: {key} must be fixed for its NetworkPolicy to open it"
+    ports_of = [{k: v for k, v in p.items() if k.endswith("-port")} for p in params]
+    assert all(p == ports_of[0] for p in ports_of), "the Serve head and workers must use the same Ray ports"
+    serve = pods["serve"]
+    for port in sorted(needed):
+        for src, dst in ((serve["worker"], serve["head"]), (serve["head"], serve["worker"]), (serve["worker"], serve["worker"])):
+            assert _ingress_allowed(pols, src, dst, port), f"serve: Ray port {port} closed between its own pods"
+    for port in (22, 5000, 9999, 20000, 45678, 60000):
+        assert not _ingress_allowed(pols, serve["worker"], serve["head"], port), f"serve: non-Ray port {port} open"
 
-    def allowed_ports(selector: dict) -> set[int]:
-        ports = set()
-        for spec in pols.values():
-            sel = spec["podSelector"].get("matchLabels", {})
-            if sel and all(selector.get(k) == v for k, v in sel.items()):
-                for rule in spec.get("ingress", []):
-                    ports |= {p["port"] for p in rule.get("ports", [])} or {"all"}
-        return ports
 
-    assert "all" in allowed_ports({"ray.io/is-ray-node": "yes"}), "Ray nodes must reach each other"
-    assert 8000 in allowed_ports({"ray.io/is-ray-node": "yes"})
-    assert 8265 in allowed_ports({"ray.io/is-ray-node": "yes", "ray.io/node-type": "head"})
-    assert allowed_ports({"app.kubernetes.io/name": "mlflow"}) == {5000}
-    assert allowed_ports({"app.kubernetes.io/name": "mlflow-postgres"}) == {5432}
-    ingress_ns = [peer for spec in pols.values() for rule in spec.get("ingress", [])
-                  for peer in rule.get("from", []) if "namespaceSelector" in peer and "podSelector" not in peer]
-    assert ingress_ns and all(p["namespaceSelector"]["matchLabels"] == {"cxr-augment.io/ingress": "true"}
-                              for p in ingress_ns)
+@each_overlay
+def test_network_policies_restrict_serve_http_mlflow_and_postgres(rendered, overlay):
+    pols = [o["spec"] for o in _objs(rendered, overlay, "NetworkPolicy")]
+    deny = [p for p in pols if p["podSelector"] == {}]
+    assert deny == [{"podSelector": {}, "policyTypes": ["Ingress"]}], "deny all ingress by default"
+    pods = _ray_pods(rendered, overlay)
+    anyone = _Pod({"app": "something-else"})
+    ingress_controller = _Pod({"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx", {"cxr-augment.io/ingress": "true"})
+    other_ns = _Pod({}, "elsewhere")
+    operator = _Pod({"app.kubernetes.io/component": "kuberay-operator"}, "kuberay-system")
+    submitter = _Pod({"app.kubernetes.io/component": "ray-job-submitter"})
+    labelled = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+                for o in rendered[overlay] if o["kind"] in ("Deployment", "StatefulSet")}
+    mlflow, postgres = _Pod(labelled["mlflow"]), _Pod(labelled["mlflow-postgres"])
+    allowed = functools.partial(_ingress_allowed, pols)
+
+    # Serve HTTP: from the ingress controller's namespace and opted-in pods, on the serving cluster only.
+    for node in ("head", "worker"):
+        assert allowed(ingress_controller, pods["serve"][node], 8000)
+        assert allowed(_Pod({"cxr-augment.io/serve-client": "true"}), pods["serve"][node], 8000)
+        for src in (anyone, other_ns):
+            assert not allowed(src, pods["serve"][node], 8000)
+        assert not allowed(ingress_controller, pods["serve"][node], 8265)
+        for cluster in ("interactive", "pipeline"):
+            assert not allowed(ingress_controller, pods[cluster][node], 8000), cluster
+    # Control plane: the operator reaches every head's API, the submitter only its own cluster's.
+    for cluster in pods:
+        assert allowed(operator, pods[cluster]["head"], 8265)
+        assert not allowed(operator, pods[cluster]["worker"], 8265)
+        assert not allowed(operator, pods[cluster]["head"], 6379)
+        assert allowed(submitter, pods[cluster]["head"], 8265) is (cluster == "pipeline"), cluster
+    # MLflow (no authentication): only from the Ray pods.
+    for cluster in pods:
+        for node in ("head", "worker"):
+            assert allowed(pods[cluster][node], mlflow, 5000), f"{cluster} {node} cannot reach MLflow"
+    for src in (anyone, other_ns, ingress_controller, submitter, postgres, operator):
+        assert not allowed(src, mlflow, 5000), f"{src.labels} reaches MLflow"
+    # PostgreSQL: only from MLflow.
+    assert allowed(mlflow, postgres, 5432)
+    for src in (anyone, other_ns, ingress_controller, submitter, *[pods[c]["head"] for c in pods]):
+        assert not allowed(src, postgres, 5432), f"{src.labels} reaches PostgreSQL"
+    # Namespaces are only ever admitted by the ingress label (or, with a pod selector, the operator's).
+    ns_only = [peer for p in pols for rule in p.get("ingress", []) for peer in rule.get("from", [])
+               if "namespaceSelector" in peer and "podSelector" not in peer]
+    assert ns_only and all(peer["namespaceSelector"] == {"matchLabels": {"cxr-augment.io/ingress": "true"}} for peer in ns_only)
+
+
+def test_network_policy_evaluation_matches_kubernetes_semantics():
+    """The evaluator the two tests above rely on, on hand-made cases."""
+    a, b = _Pod({"app": "a"}), _Pod({"app": "b"})
+    assert _ingress_allowed([], a, b, 80), "a pod no policy selects is not isolated"
+    deny = {"podSelector": {}, "policyTypes": ["Ingress"]}
+    assert not _ingress_allowed([deny], a, b, 80)
+    ranged = {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
+              "ingress": [{"from": [{"podSelector": {"matchExpressions": [
+                  {"key": "app", "operator": "In", "values": ["a"]}]}}],
+                  "ports": [{"port": 100, "endPort": 200, "protocol": "TCP"}]}]}
+    assert _ingress_allowed([deny, ranged], a, b, 150) and not _ingress_allowed([deny, ranged], a, b, 201)
+    assert not _ingress_allowed([deny, ranged], _Pod({"app": "a"}, "elsewhere"), b, 150), "podSelector alone: same namespace"
+    all_ports = {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": {}}]}]}
+    assert _ingress_allowed([deny, all_ports], a, b, 65000)
+    both = {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [
+        {"namespaceSelector": {"matchLabels": {"x": "y"}}, "podSelector": {"matchLabels": {"app": "a"}}}]}]}
+    assert _ingress_allowed([both], _Pod({"app": "a"}, "n2", {"x": "y"}), b, 1)
+    assert not _ingress_allowed([both], _Pod({"app": "c"}, "n2", {"x": "y"}), b, 1)
