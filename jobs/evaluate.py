@@ -17,10 +17,11 @@ classifier's own size for embeddings.
 Measures that cannot flatter: the real side leaves out every patient that gave a source to
 the pool (so ``--real`` may be the whole data folder); the two-sample test is cross-validated
 with folds grouped by patient (a synthetic image counts as its source's patient); FID comes
-with KID (unbiased at small N) in pixel space, which the gate never selected in, beside the
-gate classifier's embedding (read that one as the gate's own view, not as realism); the
-near-copy search covers every image of ``--generator-train``, in pixels (and in
-torchxrayvision features with ``--xrv-weights``), never in the gate's embedding. Writes ``evaluation.json`` and PNG figures into
+with KID (unbiased at small N) in spaces the gate never selected in (32x32 pixels, and an
+autoencoder trained on the ``--generator-train`` images, :mod:`augment.evaluation.encoder`),
+beside the gate classifier's embedding (read that one as the gate's own view, not as
+realism); the near-copy search covers every image of ``--generator-train``, in pixels and in
+the autoencoder's features (torchxrayvision's with ``--xrv-weights``), never in the gate's. Writes ``evaluation.json`` and PNG figures into
 ``--out`` (atomically) and, with ``--tracking-uri``, logs metrics and files to an MLflow run.
 """
 
@@ -42,6 +43,7 @@ import torch
 
 from augment.data.io import atomic_write_bytes, read_batch, read_image
 from augment.data.nih import DataError, NIHIndex, Record, load_index
+from augment.evaluation.encoder import fit_encoder
 from augment.findings import FINDINGS, NO_FINDING
 
 log = logging.getLogger("cxr.evaluate")
@@ -262,6 +264,18 @@ def evaluate(
         return torch.nn.functional.interpolate(x, size=(side, side), mode="area").flatten(1).numpy()
 
     extractors.append(("pixels", pixels(real_px), pixels(syn_px)))
+    # a learned feature space the gate never selected in: an autoencoder of the real training images
+    train_recs = list(gen_idx.records) if gen_idx is not None else []
+    train_px = _read(gen_idx, train_recs, image_size) if gen_idx is not None else None
+    encoder = None
+    if train_px is not None:
+        enc_size = max(16, min(image_size, 64) // 16 * 16)
+        log.info("training the gate-independent encoder on %d real training images at %d px", len(train_recs), enc_size)
+        encoder = _try("encoder", lambda: fit_encoder(train_px, size=enc_size, seed=seed), skipped)
+    else:
+        skipped["encoder"] = "no --generator-train folder to train the gate-independent encoder on"
+    if encoder is not None:
+        extractors.append(("encoder", encoder(real_px), encoder(syn_px)))
     if xrv_weights:
         xf = distance.XRVFeatures(xrv_weights)
         extractors.append(("xrv", xf(real_clf), xf(syn_clf)))
@@ -309,13 +323,15 @@ def evaluate(
     # --- memorisation -------------------------------------------------------------------------
     mem: dict[str, Any] = {}
     if gen_idx is not None:
-        train_recs = list(gen_idx.records)  # every training image: a near-copy of any of them counts
+        # every training image: a near-copy of any of them counts
         log.info("memorisation: nearest of all %d generator-training images", len(train_recs))
-        train_px = _read(gen_idx, train_recs, min(32, image_size))
-        # near-copies in pixels, and in embeddings only from an extractor the gate did not select in
+        # near-copies in pixels, and in embeddings only from extractors the gate did not select in
         syn_ind = train_emb = None
+        emb_name = "xrv" if xrv_weights else ("encoder" if encoder is not None else None)
         if xrv_weights:
             syn_ind, train_emb = xf(syn_clf), xf(_read(gen_idx, train_recs, clf_size))
+        elif encoder is not None:
+            syn_ind, train_emb = encoder(syn_px), encoder(train_px)
         exclude = [p.get("source") if p else None for p in syn_prov]
         exclude_patients = [p.get("source_patient") or None if p else None for p in syn_prov]
         m = _try(
@@ -329,7 +345,7 @@ def evaluate(
         )
         if m is not None:
             fig(memorisation.memorisation_figure(m), "memorisation.png")
-            mem = {"n_train": len(train_recs), "embedding_features": "xrv" if xrv_weights else None, "masked": m.masked, "size": m.size, "flagged": [list(x) for x in m.flagged_ids],
+            mem = {"n_train": len(train_recs), "embedding_features": emb_name, "masked": m.masked, "size": m.size, "flagged": [list(x) for x in m.flagged_ids],
                    "pixel": {"threshold": m.pixel.threshold, "threshold_source": m.pixel.threshold_source,
                              "synthetic": m.pixel.synthetic, "real": m.pixel.real}}
             if m.embedding is not None:

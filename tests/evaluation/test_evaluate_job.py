@@ -58,7 +58,7 @@ def test_evaluate_writes_json_figures_and_mlflow_run(inputs, tmp_path, capsys):
     assert set(EVALUATION_KEYS) <= set(res)
     assert res["inputs"]["n_real"] == 12 and res["inputs"]["n_synthetic"] == 8  # the gate's 8, not its 4 rejected
     assert res["inputs"]["masks"] and res["inputs"]["provenance"] and not res["inputs"]["include_rejected"]
-    assert set(res["fid"]) == {"classifier", "pixels"} and res["fid"]["classifier"]["n_real"] == 12
+    assert set(res["fid"]) == {"classifier", "pixels", "encoder"} and res["fid"]["classifier"]["n_real"] == 12
     assert res["fid"]["classifier"]["low"] is not None
     assert res["fid"]["pixels"]["kid_subset_size"] == 8 and "kid_pixels" in res["metrics"]  # KID beside FID
     assert res["inputs"]["real_excluded_source_patients"] == 0  # --real holds other patients than the sources
@@ -70,7 +70,7 @@ def test_evaluate_writes_json_figures_and_mlflow_run(inputs, tmp_path, capsys):
     assert ts["grouped"] and ts["n_test"] == 20 and len(ts["auc_repeats"]) == ts["repeats"]
     assert ts["n_groups"] == 6 + 7  # 6 real patients; the 8 accepted images come from 7 source patients
     assert res["memorisation"]["masked"] and res["memorisation"]["flagged"] == []  # sources skipped
-    assert res["memorisation"]["n_train"] == 10 and res["memorisation"]["embedding_features"] is None  # all of them, pixels
+    assert res["memorisation"]["n_train"] == 10 and res["memorisation"]["embedding_features"] == "encoder"  # all of them; not the gate's space
     assert {r["set"] for r in res["classifier_sets"]} == {"real", "synthetic", "combined"}
     m = res["metrics"]
     assert {"fid_classifier", "embedding_silhouette", "two_sample_image_auc", "memorisation_pixel_n_flagged",
