@@ -21,16 +21,18 @@
 # to run, default all three: STEPS=pool makes the pools only, STEPS=evaluate re-measures existing
 # pools with the current measures), SETS (extra "--set k=v" arguments
 # for every job, e.g. SETS="--set augment.target_count=20"), UTILITY_SETS (for jobs.utility only,
-# default "--set utility.seeds=3"), EVAL_ARGS (for jobs.evaluate; EVAL_ARGS=--include-rejected
-# measures every generated image, the gate's rejects included, which is what to read where the
-# gate's classifier is weak, as on the NIH sample).
+# default "--set utility.seeds=3"), EVAL_ARGS (for jobs.evaluate; default --include-rejected:
+# every generated image is measured, the gate's rejects included, so every generator's row has
+# the same items, the same N and the same real side (the patients that gave no source); set
+# EVAL_ARGS=" " to measure only what the gate accepted, at different N per row).
 set -euo pipefail
 CONFIG=${1:-configs/local.yaml}
 PY=${PY:-.venv/bin/python}
 KINDS=${KINDS:-flow vae lsgan identity}
 read -r -a SETS_A <<< "${SETS:-}"
 read -r -a USETS_A <<< "${UTILITY_SETS:---set utility.seeds=3}"
-read -r -a EVAL_A <<< "${EVAL_ARGS:-}"
+EVAL_ARGS=${EVAL_ARGS:---include-rejected}
+read -r -a EVAL_A <<< "$EVAL_ARGS"
 STEPS=${STEPS:-pool evaluate utility}
 step() { [[ " $STEPS " == *" $1 "* ]]; }
 
