@@ -385,9 +385,12 @@ class ServeConfig(StageConfig):
     batching: bool = Field(True, description="group concurrent /v1/generate requests with @serve.batch")
     max_batch_size: int = Field(8, ge=1, le=256, description="@serve.batch max_batch_size")
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0, description="@serve.batch batch_wait_timeout_s")
+    max_json_bytes: int | None = Field(None, ge=1024, description="largest JSON body (/v1/inpaint, /v1/register); larger answers 413; default room for two images of max_upload_bytes in base64")
+    max_inflight: int = Field(16, ge=1, le=4096, description="image requests one Ingress replica admits at once; more answer 503 with Retry-After at once")
+    request_timeout_s: float = Field(60.0, gt=0.0, le=3600.0, description="an admitted request not answered within it gets 504 (its generation is cancelled)")
     retry_after_s: int = Field(2, ge=0, le=3600, description="Retry-After of 503 answers under overload")
     require_token: bool = Field(True, description="refuse to start without a bearer token (env CXR_API_TOKEN or token_file)")
-    token_file: str | None = Field(None, description="file holding the bearer token (e.g. a mounted Kubernetes Secret); env CXR_API_TOKEN wins")
+    token_file: str | None = Field(None, description="file holding the bearer token (e.g. a mounted Kubernetes Secret); re-read when it changes and wins over env CXR_API_TOKEN")
 
     @model_validator(mode="after")
     def _sides(self) -> "ServeConfig":
