@@ -18,9 +18,13 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``): ``POST /v1/generate``,
 application metrics) are exported on each Ray node's metrics port.
 """
 
+import asyncio
 import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
@@ -33,7 +37,8 @@ from augment import __version__
 from augment.config import RunConfig, load_config
 from augment.data.io import encode_png
 from augment.findings import ALIASES, FINDINGS
-from services.auth import TokenSource, bearer_scheme, check_bearer
+from services.admission import Admission, AdmissionMiddleware, arrival, await_with_deadline
+from services.auth import TokenMiddleware, TokenSource, bearer_scheme, check_authorization
 from services.deployments import USER_CONFIG_KEYS, Generator
 from services.errors import ERROR_RESPONSES, ApiError, from_payload, install_error_handlers
 from services.page import PAGE
@@ -48,6 +53,8 @@ from services.schemas import (
     RegisterResponse,
 )
 from services.uploads import RAW_IMAGE_TYPES, BodyLimitMiddleware, decode_b64, decode_upload, png_b64, read_body
+
+T = TypeVar("T")
 
 __all__ = ["app", "api", "Ingress", "Generator", "build_app", "INGRESS_CPUS"]
 
@@ -70,7 +77,15 @@ class _State:
 
     cfg: RunConfig = RunConfig()
     tokens: TokenSource | None = None
-    body_limit: int = 4 * RunConfig().serve.max_upload_bytes + 65536
+    admission: Admission = Admission(RunConfig().serve.max_inflight)
+    pool: ThreadPoolExecutor | None = None
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run CPU-bound work (PNG decoding and encoding) in the replica's worker threads, not on its event loop."""
+    if _State.pool is None:
+        _State.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cxr-codec")
+    return await asyncio.get_running_loop().run_in_executor(_State.pool, partial(fn, *args))
 
 
 api = FastAPI(
@@ -85,14 +100,17 @@ api = FastAPI(
 install_error_handlers(api, retry_after_s=RunConfig().serve.retry_after_s)
 
 
-api.add_middleware(BodyLimitMiddleware, limit=lambda: _State.body_limit)
+# Starlette runs the middleware added last first: the token check, then admission, then the
+# body limit, and only then FastAPI, which reads and parses the body.
+api.add_middleware(BodyLimitMiddleware, cfg=lambda: _State.cfg.serve)
+api.add_middleware(AdmissionMiddleware, admission=lambda: (_State.admission, _State.cfg.serve.retry_after_s))
+api.add_middleware(TokenMiddleware, source=lambda: _State.tokens)
 
 
 def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer_scheme)) -> None:
-    """FastAPI dependency: 401 unless the bearer token matches."""
-    if _State.tokens is None:
-        raise ApiError(503, "not_ready", "the service is starting", headers={"Retry-After": "2"})
-    check_bearer(_State.tokens, credentials)
+    """FastAPI dependency: documents bearer auth in the schema; checks again (:class:`TokenMiddleware` already did)."""
+    header = None if credentials is None else f"{credentials.scheme} {credentials.credentials}"
+    check_authorization(_State.tokens, header)
 
 
 def _want_png(request: Request, fmt: str | None) -> bool:
@@ -123,8 +141,95 @@ def _bits_header(bits: int) -> int:
     return 16 if bits == 16 else 8
 
 
+def _generate_answer(out: dict[str, Any], shape: tuple[int, int], bits: int, png: bool, part: str, n: int, seed: int) -> Response:
+    """The /v1/generate answer (PNG encoding: CPU-bound, run with :func:`off_loop`)."""
+    h, w = shape
+    if png:
+        smp = out["samples"][0]
+        ref = smp["references"]
+        headers = {
+            "X-CXR-Seed": str(smp["seed"]),
+            "X-CXR-Accepted": str(bool(smp["accepted"])).lower(),
+            "X-CXR-Findings": ",".join(out["findings"]),
+            "X-CXR-References": ",".join(f"{r['finding']}={r['image_index']}" for r in ref),
+            "X-CXR-Proba-Before": ",".join(f"{f}={out['proba_before'][f]:.4f}" for f in out["findings"]),
+            "X-CXR-Proba-After": ",".join(f"{f}={smp['proba_after'][f]:.4f}" for f in out["findings"]),
+        }
+        arr = smp["image"] if part == "image" else smp["mask"].astype(np.float32)
+        return Response(encode_png(arr, bits=bits if part == "image" else 8), media_type="image/png", headers=headers)
+    samples = []
+    for smp in out["samples"]:
+        samples.append({**{k: v for k, v in smp.items() if k not in ("image", "mask")},
+                        "image": png_b64(smp["image"], bits), "mask": png_b64(smp["mask"].astype(np.float32))})
+    return JSONResponse(
+        GenerateResponse(
+            findings=out["findings"], proba_before=out["proba_before"], seed=seed, n=n, steps=out["steps"],
+            guidance=out["guidance"], width=w, height=h, bits=bits, batch_size=out["batch_size"],
+            seconds=out["seconds"], samples=samples,
+        ).model_dump(mode="json")
+    )
+
+
+def _inpaint_inputs(body: InpaintBody, cfg) -> tuple[Any, np.ndarray]:
+    """Decode and check the /v1/inpaint images (CPU-bound, run with :func:`off_loop`)."""
+    image = decode_b64(body.image, "image", cfg)
+    mask = decode_b64(body.mask, "mask", cfg)
+    if mask.shape != image.shape:
+        raise ApiError(422, "mask_size", f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                       f"{image.shape[1]}x{image.shape[0]}; send a mask of the image's size")
+    m = mask.pixels > 0.5
+    if not m.any():
+        raise ApiError(422, "empty_mask", "the mask is empty: mark the pixels to repaint in white")
+    return image, m
+
+
+def _inpaint_answer(out: dict[str, Any], image, png: bool, seed: int) -> Response:
+    bits = _bits_header(image.bits)
+    if png:
+        return Response(encode_png(out["image"], bits=bits), media_type="image/png", headers={"X-CXR-Seed": str(seed)})
+    h, w = image.shape
+    return JSONResponse(
+        InpaintResponse(
+            image=png_b64(out["image"], bits), mask=png_b64(out["mask"].astype(np.float32)), findings=out["findings"],
+            proba_before=out["proba_before"], proba_after=out["proba_after"], seed=seed, steps=out["steps"],
+            guidance=out["guidance"], width=w, height=h, seconds=out["seconds"],
+        ).model_dump(mode="json")
+    )
+
+
+def _register_inputs(body: RegisterBody, cfg) -> tuple[Any, Any, Any]:
+    """Decode and check the /v1/register images (CPU-bound, run with :func:`off_loop`)."""
+    fixed = decode_b64(body.fixed, "fixed", cfg)
+    moving = decode_b64(body.moving, "moving", cfg)
+    if fixed.shape != moving.shape:
+        raise ApiError(422, "wrong_dimensions", f"fixed is {fixed.shape[1]}x{fixed.shape[0]} and moving is "
+                       f"{moving.shape[1]}x{moving.shape[0]}; send two images of one size")
+    mmap = None
+    if body.map is not None:
+        mmap = decode_b64(body.map, "map", cfg)
+        if mmap.shape != moving.shape:
+            raise ApiError(422, "map_size", f"the map is {mmap.shape[1]}x{mmap.shape[0]} but moving is "
+                           f"{moving.shape[1]}x{moving.shape[0]}; send a map of the moving image's size")
+    return fixed, moving, mmap
+
+
+def _register_answer(out: dict[str, Any], moving, png: bool) -> Response:
+    bits = _bits_header(moving.bits)
+    if png:
+        return Response(encode_png(out["warped"], bits=bits), media_type="image/png")
+    return JSONResponse(
+        RegisterResponse(
+            warped=png_b64(out["warped"], bits),
+            warped_map=None if out["warped_map"] is None else png_b64(out["warped_map"]),
+            **{k: out[k] for k in ("mse_before", "mse_after", "ncc_before", "ncc_after", "folded_fraction", "work_size", "seconds")},
+        ).model_dump(mode="json")
+    )
+
+
 @serve.deployment(
     name="Ingress",
+    # Well above serve.max_inflight (16): requests beyond it are answered (JSON 503) by the
+    # replica in milliseconds, so the proxy does not queue /healthz behind them.
     max_ongoing_requests=64,
     max_queued_requests=256,
     backpressure_config={"status_code": 503, "retry_after_s": 2},
@@ -137,20 +242,27 @@ class Ingress:
         cfg = RunConfig.model_validate(profile)
         _State.cfg = cfg
         _State.tokens = TokenSource(cfg.serve.token_file, cfg.serve.require_token)
-        _State.body_limit = 4 * cfg.serve.max_upload_bytes + 65536
+        _State.admission = Admission(cfg.serve.max_inflight)
         self.generator = generator
         self.cfg = cfg
 
-    async def _call(self, method: str, payload: Any = None) -> dict[str, Any]:
-        """Call the Generator; overload -> 503 with Retry-After; an error dict -> its ApiError."""
+    async def _call(self, request: Request | None, method: str, payload: Any = None) -> dict[str, Any]:
+        """Call the Generator until ``serve.request_timeout_s`` after ``request`` arrived.
+
+        Overload -> 503 with Retry-After; too late -> 504 (the call is cancelled); an error dict -> its ApiError.
+        """
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-        retry = {"Retry-After": str(self.cfg.serve.retry_after_s)}
+        s = self.cfg.serve
+        retry = {"Retry-After": str(s.retry_after_s)}
+        t0 = arrival(request.scope) if request is not None else time.monotonic()
         try:
             handle = getattr(self.generator, method)
-            out = await (handle.remote(payload) if payload is not None else handle.remote())
+            response = handle.remote(payload) if payload is not None else handle.remote()
+            out = await await_with_deadline(response, t0 + s.request_timeout_s, s.request_timeout_s, s.retry_after_s)
         except BackPressureError:
-            raise ApiError(503, "overloaded", "the generator's queue is full; retry after Retry-After seconds", headers=retry) from None
+            raise ApiError(503, "overloaded", f"the generator's queue is full; retry after {s.retry_after_s} s (Retry-After)",
+                           headers=retry) from None
         except DeploymentUnavailableError:
             raise ApiError(503, "unavailable", "the generator is not available; retry later", headers=retry) from None
         if isinstance(out, dict) and "error" in out:
@@ -172,7 +284,7 @@ class Ingress:
     @api.get("/v1/findings", response_model=FindingsResponse, tags=["catalogue"], dependencies=[Depends(require_token)],
              responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]}, summary="Findings and their references")
     async def findings(self) -> FindingsResponse:
-        info = await self._call("info")
+        info = await self._call(None, "info")
         counts = info.get("references", {}).get("per_finding", {})
         return FindingsResponse(
             findings=[FindingInfo(name=f, available=f in counts, references=int(counts.get(f, 0))) for f in FINDINGS],
@@ -182,7 +294,7 @@ class Ingress:
     @api.get("/v1/models", tags=["catalogue"], dependencies=[Depends(require_token)],
              responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]}, summary="Loaded models and settings")
     async def models(self) -> dict[str, Any]:
-        return await self._call("info")
+        return await self._call(None, "info")
 
     # ------------------------------------------------------------------ generate
 
@@ -222,38 +334,14 @@ class Ingress:
             # Any other type (none, image/png, application/octet-stream, curl's default
             # x-www-form-urlencoded) is read as the file itself and judged by its bytes.
             raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype!r}: send the PNG file as the raw body (image/png)")
-        upload = decode_upload(await read_body(request, s.max_upload_bytes), "image", s)
+        upload = await off_loop(decode_upload, await read_body(request, s.max_upload_bytes), "image", s)
         seed = secrets.randbelow(2**31) if seed is None else seed
         out = await self._call(
+            request,
             "generate",
             {"image": upload.pixels, "findings": names, "seed": seed, "n_samples": n, "steps": steps, "guidance": guidance},
         )
-        h, w = upload.shape
-        bits = _bits_header(upload.bits)
-        if png:
-            smp = out["samples"][0]
-            ref = smp["references"]
-            headers = {
-                "X-CXR-Seed": str(smp["seed"]),
-                "X-CXR-Accepted": str(bool(smp["accepted"])).lower(),
-                "X-CXR-Findings": ",".join(out["findings"]),
-                "X-CXR-References": ",".join(f"{r['finding']}={r['image_index']}" for r in ref),
-                "X-CXR-Proba-Before": ",".join(f"{f}={out['proba_before'][f]:.4f}" for f in out["findings"]),
-                "X-CXR-Proba-After": ",".join(f"{f}={smp['proba_after'][f]:.4f}" for f in out["findings"]),
-            }
-            arr = smp["image"] if part == "image" else smp["mask"].astype(np.float32)
-            return Response(encode_png(arr, bits=bits if part == "image" else 8), media_type="image/png", headers=headers)
-        samples = []
-        for smp in out["samples"]:
-            samples.append({**{k: v for k, v in smp.items() if k not in ("image", "mask")},
-                            "image": png_b64(smp["image"], bits), "mask": png_b64(smp["mask"].astype(np.float32))})
-        return JSONResponse(
-            GenerateResponse(
-                findings=out["findings"], proba_before=out["proba_before"], seed=seed, n=n, steps=out["steps"],
-                guidance=out["guidance"], width=w, height=h, bits=bits, batch_size=out["batch_size"],
-                seconds=out["seconds"], samples=samples,
-            ).model_dump(mode="json")
-        )
+        return await off_loop(_generate_answer, out, upload.shape, _bits_header(upload.bits), png, part, n, seed)
 
     # ------------------------------------------------------------------ inpaint
 
@@ -275,28 +363,11 @@ class Ingress:
         names = _findings(body.findings)
         if body.steps is not None and body.steps > s.max_steps:
             raise ApiError(422, "too_many_steps", f"steps={body.steps}; at most {s.max_steps} (serve.max_steps)")
-        image = decode_b64(body.image, "image", s)
-        mask = decode_b64(body.mask, "mask", s)
-        if mask.shape != image.shape:
-            raise ApiError(422, "mask_size", f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                           f"{image.shape[1]}x{image.shape[0]}; send a mask of the image's size")
-        m = mask.pixels > 0.5
-        if not m.any():
-            raise ApiError(422, "empty_mask", "the mask is empty: mark the pixels to repaint in white")
+        image, m = await off_loop(_inpaint_inputs, body, s)
         seed = secrets.randbelow(2**31) if body.seed is None else body.seed
-        out = await self._call("inpaint", {"image": image.pixels, "mask": m.astype(np.float32), "findings": names,
-                                           "seed": seed, "steps": body.steps, "guidance": body.guidance})
-        bits = _bits_header(image.bits)
-        if _want_png(request, format):
-            return Response(encode_png(out["image"], bits=bits), media_type="image/png", headers={"X-CXR-Seed": str(seed)})
-        h, w = image.shape
-        return JSONResponse(
-            InpaintResponse(
-                image=png_b64(out["image"], bits), mask=png_b64(out["mask"].astype(np.float32)), findings=out["findings"],
-                proba_before=out["proba_before"], proba_after=out["proba_after"], seed=seed, steps=out["steps"],
-                guidance=out["guidance"], width=w, height=h, seconds=out["seconds"],
-            ).model_dump(mode="json")
-        )
+        out = await self._call(request, "inpaint", {"image": image.pixels, "mask": m.astype(np.float32), "findings": names,
+                                                    "seed": seed, "steps": body.steps, "guidance": body.guidance})
+        return await off_loop(_inpaint_answer, out, image, _want_png(request, format), seed)
 
     # ------------------------------------------------------------------ register
 
@@ -314,30 +385,10 @@ class Ingress:
         body: RegisterBody,
         format: Literal["json", "png"] | None = Query(None, description="json (default) or png (the warped image)"),
     ) -> Any:
-        s = self.cfg.serve
-        fixed = decode_b64(body.fixed, "fixed", s)
-        moving = decode_b64(body.moving, "moving", s)
-        if fixed.shape != moving.shape:
-            raise ApiError(422, "wrong_dimensions", f"fixed is {fixed.shape[1]}x{fixed.shape[0]} and moving is "
-                           f"{moving.shape[1]}x{moving.shape[0]}; send two images of one size")
-        mmap = None
-        if body.map is not None:
-            mmap = decode_b64(body.map, "map", s)
-            if mmap.shape != moving.shape:
-                raise ApiError(422, "map_size", f"the map is {mmap.shape[1]}x{mmap.shape[0]} but moving is "
-                               f"{moving.shape[1]}x{moving.shape[0]}; send a map of the moving image's size")
-        out = await self._call("register", {"fixed": fixed.pixels, "moving": moving.pixels,
-                                            "map": None if mmap is None else mmap.pixels})
-        bits = _bits_header(moving.bits)
-        if _want_png(request, format):
-            return Response(encode_png(out["warped"], bits=bits), media_type="image/png")
-        return JSONResponse(
-            RegisterResponse(
-                warped=png_b64(out["warped"], bits),
-                warped_map=None if out["warped_map"] is None else png_b64(out["warped_map"]),
-                **{k: out[k] for k in ("mse_before", "mse_after", "ncc_before", "ncc_after", "folded_fraction", "work_size", "seconds")},
-            ).model_dump(mode="json")
-        )
+        fixed, moving, mmap = await off_loop(_register_inputs, body, self.cfg.serve)
+        out = await self._call(request, "register", {"fixed": fixed.pixels, "moving": moving.pixels,
+                                                     "map": None if mmap is None else mmap.pixels})
+        return await off_loop(_register_answer, out, moving, _want_png(request, format))
 
 
 def _profile_path(config: str) -> Path:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import re
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,7 @@ from augment.findings import FINDINGS
 
 log = logging.getLogger("cxr.serve")
 
-__all__ = ["Generator", "USER_CONFIG_KEYS", "error_dict"]
+__all__ = ["Generator", "USER_CONFIG_KEYS", "error_dict", "public_message", "public_location"]
 
 USER_CONFIG_KEYS = ("classifier", "generator", "references", "batching", "max_batch_size", "batch_wait_timeout_s")
 
@@ -41,9 +43,33 @@ def error_dict(status: int, code: str, message: str, **extra: Any) -> dict[str, 
     return {"error": {"status": status, "code": code, "message": message, **extra}}
 
 
+_OBJECT_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>")
+_ABS_PATH = re.compile(r"(?<![\w:/])(?:/[\w.@+-]+){2,}/?")
+
+
+def public_message(msg: str) -> str:
+    """A library message as a client may see it: object reprs and absolute server paths removed."""
+    return _ABS_PATH.sub("<path>", _OBJECT_REPR.sub("<object>", msg))
+
+
+def _internal(what: str, exc: Exception) -> dict[str, Any]:
+    """An unexpected failure: logged with a reference; the client gets the reference, not the exception."""
+    ref = secrets.token_hex(6)
+    log.error("internal error %s in %s", ref, what, exc_info=exc)
+    return error_dict(500, "internal_error", f"{what} failed inside the service; retry later; if it persists, give the operator "
+                      f"the reference {ref}", reference=ref)
+
+
+def public_location(uri: Any) -> Any:
+    """A model location for ``/v1/models``: an MLflow URI as is, a server path reduced to its file name."""
+    if not isinstance(uri, str) or "://" in uri and not uri.startswith("file://") or uri.startswith(("runs:/", "models:/")):
+        return uri
+    return PurePath(uri.removeprefix("file://")).name
+
+
 def _as_error(exc: Exception, known: list[str]) -> dict[str, Any]:
     """Library errors (ValueError/TypeError naming the problem) -> a 422 error dict."""
-    msg = str(exc)
+    msg = public_message(str(exc))
     if "unknown finding" in msg or "no reference shows" in msg:
         return error_dict(422, "unknown_finding", msg, known=known)
     if "constant" in msg:
@@ -75,7 +101,7 @@ class Generator:
         self._bundle = None
         self._serve_cfg: ServeConfig = self.cfg.serve
         self._loaded_from: tuple[str, str, str] | None = None
-        self._started = time.time()
+        self._instance = secrets.token_hex(4)  # tells replicas apart (and restarts) without naming a PID
         self._metrics = _Metrics()
         # The builder always passes a user_config, so Serve calls reconfigure before the
         # first request; a Generator deployed without one loads the profile's models lazily.
@@ -122,16 +148,28 @@ class Generator:
         return self._bundle
 
     def info(self) -> dict[str, Any]:
-        """Loaded models, references and batching settings (``/v1/models``, ``/v1/findings``)."""
+        """Loaded models, references and batching settings (``/v1/models``, ``/v1/findings``).
+
+        No server paths (a checkpoint file is named by its file name; MLflow URIs stay),
+        no PID, no uptime: only what a client needs to know which models answer it.
+        """
         b = self._require()
         s = self._serve_cfg
+        info = {k: (dict(v) if isinstance(v, dict) else v) for k, v in b.info.items() if k != "loaded_at"}
+        for part in ("classifier", "generator"):
+            if isinstance(info.get(part), dict):
+                info[part].pop("path", None)
+                info[part]["uri"] = public_location(info[part].get("uri"))
+        if isinstance(info.get("references"), dict):
+            info["references"].pop("root", None)
         return {
-            **b.info,
+            **info,
             "available_findings": b.available_findings,
             "batching": {"enabled": s.batching, "max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s},
-            "replica": {"pid": os.getpid(), "uptime_s": round(time.time() - self._started, 1),
-                        "cuda": torch.cuda.is_available(), "torch_threads": torch.get_num_threads()},
-            "limits": {"max_samples": s.max_samples, "max_steps": s.max_steps, "max_findings": s.max_findings},
+            "replica": {"instance": self._instance, "cuda": torch.cuda.is_available(), "torch_threads": torch.get_num_threads()},
+            "limits": {"max_samples": s.max_samples, "max_steps": s.max_steps, "max_findings": s.max_findings,
+                       "max_upload_bytes": s.max_upload_bytes, "max_image_side": s.max_image_side,
+                       "request_timeout_s": s.request_timeout_s},
         }
 
     # ------------------------------------------------------------------ generate
@@ -177,8 +215,7 @@ class Generator:
                 return [self._one_or_error(bundle, reqs[0], 1)]
             return [self._one_or_error(bundle, r, len(payloads)) for r in reqs]
         except Exception as exc:  # unexpected: report it per request, keep the replica alive
-            log.exception("generation failed")
-            return [error_dict(500, "internal_error", f"generation failed ({type(exc).__name__}: {exc})")] * len(reqs)
+            return [_internal("generation", exc)] * len(reqs)
 
     def _one_or_error(self, bundle, req, batch_size: int) -> dict[str, Any]:
         from augment.generation import generate_batch
@@ -188,8 +225,7 @@ class Generator:
         except (ValueError, TypeError) as exc:
             return _as_error(exc, bundle.available_findings)
         except Exception as exc:
-            log.exception("generation failed")
-            return error_dict(500, "internal_error", f"generation failed ({type(exc).__name__}: {exc})")
+            return _internal("generation", exc)
 
     @staticmethod
     def _result_dict(res, batch_size: int) -> dict[str, Any]:
@@ -235,8 +271,7 @@ class Generator:
         except (ValueError, TypeError) as exc:
             return _as_error(exc, list(FINDINGS))
         except Exception as exc:
-            log.exception("inpainting failed")
-            return error_dict(500, "internal_error", f"inpainting failed ({type(exc).__name__}: {exc})")
+            return _internal("inpainting", exc)
         return {
             "image": out.image[0, 0].numpy(), "mask": out.mask[0, 0].numpy(), "findings": list(out.findings),
             "proba_before": out.proba_before, "proba_after": out.proba_after, "seed": out.seed,
@@ -256,8 +291,7 @@ class Generator:
         except (ValueError, TypeError) as exc:
             return _as_error(exc, list(FINDINGS))
         except Exception as exc:
-            log.exception("registration failed")
-            return error_dict(500, "internal_error", f"registration failed ({type(exc).__name__}: {exc})")
+            return _internal("registration", exc)
         return {
             "warped": out.warped[0, 0].numpy(),
             "warped_map": None if out.warped_map is None else out.warped_map[0, 0].numpy(),

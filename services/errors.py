@@ -8,7 +8,9 @@ own validation errors (422), HTTP errors (404, 405), Serve backpressure (503 wit
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("cxr.serve")
 
-__all__ = ["ApiError", "ErrorBody", "ErrorResponse", "error_response", "install_error_handlers", "ERROR_RESPONSES", "from_payload"]
+__all__ = [
+    "ApiError", "ErrorBody", "ErrorResponse", "error_response", "send_error", "internal_error", "install_error_handlers", "ERROR_RESPONSES",
+    "from_payload",
+]
 
 
 class ApiError(Exception):
@@ -63,6 +68,15 @@ def error_response(err: ApiError) -> JSONResponse:
     return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=err.headers)
 
 
+async def send_error(send, err: ApiError) -> None:
+    """Answer ``err`` as JSON through a raw ASGI ``send`` (for middlewares that answer before FastAPI)."""
+    body = json.dumps({"error": err.to_dict()}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def from_payload(payload: dict[str, Any]) -> ApiError:
     """Rebuild an :class:`ApiError` from the ``{"error": {...}}`` dict a deployment returned."""
     e = dict(payload["error"])
@@ -71,16 +85,25 @@ def from_payload(payload: dict[str, Any]) -> ApiError:
 
 _DESCRIPTIONS = {
     400: "corrupt image or malformed request",
-    401: "missing or wrong bearer token",
-    413: "upload larger than serve.max_upload_bytes",
+    401: "missing or wrong bearer token (checked before the body is read)",
+    413: "raw upload larger than serve.max_upload_bytes, or JSON body larger than serve.max_json_bytes",
     415: "not an image (or an unsupported Content-Type)",
     422: "wrong dimensions, unknown finding, mask of the wrong size, invalid option",
-    503: "overloaded or not ready: retry after Retry-After seconds",
+    503: "overloaded (serve.max_inflight requests already in progress) or not ready: retry after Retry-After seconds",
+    504: "not answered within serve.request_timeout_s; the generation was cancelled: retry later, or with fewer samples or steps",
 }
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in _DESCRIPTIONS.items()
 }
 """OpenAPI ``responses=`` for the endpoints that take input."""
+
+
+def internal_error(exc: BaseException, what: str = "the request") -> ApiError:
+    """A 500 that tells the client nothing internal: the exception goes to the log under a reference."""
+    ref = secrets.token_hex(6)
+    log.error("internal error %s while processing %s", ref, what, exc_info=exc)
+    return ApiError(500, "internal_error", f"internal error while processing {what}; it was not completed. "
+                    f"Retry later; if it persists, give the operator the reference {ref}", reference=ref)
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int = 2) -> None:
@@ -112,5 +135,4 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 2) -> None:
             return error_response(
                 ApiError(503, "overloaded", "the generator's queue is full; retry later", headers={"Retry-After": str(retry_after_s)})
             )
-        log.exception("unexpected error")
-        return error_response(ApiError(500, "internal_error", f"internal error ({type(exc).__name__}); the request was not processed"))
+        return error_response(internal_error(exc))

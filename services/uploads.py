@@ -20,9 +20,9 @@ from PIL import Image, UnidentifiedImageError
 
 from augment.config import ServeConfig
 from augment.data.io import ImageReadError, decode_image, encode_png
-from services.errors import ApiError
+from services.errors import ApiError, send_error
 
-__all__ = ["Upload", "BodyLimitMiddleware", "read_body", "decode_upload", "decode_b64", "png_b64", "RAW_IMAGE_TYPES"]
+__all__ = ["Upload", "BodyLimitMiddleware", "json_limit", "is_json", "read_body", "decode_upload", "decode_b64", "png_b64", "RAW_IMAGE_TYPES"]
 
 RAW_IMAGE_TYPES = ("image/png", "application/octet-stream")
 _MAGIC = {
@@ -47,80 +47,89 @@ class Upload:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
-class BodyLimitMiddleware:
-    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413 before they are read.
+def json_limit(cfg: ServeConfig) -> int:
+    """The JSON body limit: ``serve.max_json_bytes``, else room for two base64 images of ``max_upload_bytes``."""
+    if cfg.max_json_bytes is not None:
+        return cfg.max_json_bytes
+    return 2 * (4 * cfg.max_upload_bytes // 3 + 4) + 64 * 1024
 
-    Checks ``Content-Length`` first, then counts the bytes of chunked bodies as they arrive.
+
+def is_json(content_type: str) -> bool:
+    main = content_type.split(";")[0].strip().lower()
+    return main.endswith("/json") or main.endswith("+json")
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: refuse request bodies over their limit with a JSON 413 before they are read.
+
+    JSON bodies (``Content-Type: application/json``) have ``serve.max_json_bytes``; every
+    other body is an image upload with ``serve.max_upload_bytes``; the 413 quotes the one
+    that applied. ``Content-Length`` is checked first; a body without one (chunked) is read
+    here up to its limit and replayed, so the limit holds without it.
 
     Args:
         app: the ASGI app.
-        limit: bytes, or a callable giving them (read per request, so a replica can set it
-            after the app was built).
+        cfg: a callable giving the replica's :class:`~augment.config.ServeConfig` (read per
+            request, so a replica can set it after the app was built).
     """
 
-    def __init__(self, app, limit: int | Callable[[], int]) -> None:
+    def __init__(self, app, cfg: Callable[[], ServeConfig]) -> None:
         self.app = app
-        self._limit = limit
-
-    @property
-    def limit(self) -> int:
-        return int(self._limit() if callable(self._limit) else self._limit)
+        self._cfg = cfg
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    n = int(value)
-                except ValueError:
-                    n = 0
-                if n > self.limit:
-                    return await self._reject(send, n)
-        seen = 0
-        limit = self.limit
-
-        async def limited_receive():
-            nonlocal seen
+        headers = dict(scope.get("headers", ()))
+        cfg = self._cfg()
+        if is_json(headers.get(b"content-type", b"").decode("latin-1")):
+            limit, key, what = json_limit(cfg), "serve.max_json_bytes", "JSON body"
+            fix = "send smaller images, or a large one as the raw PNG body of /v1/generate"
+        else:
+            limit, key, what = cfg.max_upload_bytes, "serve.max_upload_bytes", "upload"
+            fix = "send a smaller PNG (e.g. 8-bit, or downscaled)"
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                n = int(declared)
+            except ValueError:
+                n = 0
+            if n > limit:
+                return await send_error(send, ApiError(413, "too_large", f"the {what} is {n} bytes; the limit is {limit} bytes ({key}): {fix}",
+                                                       limit=limit))
+            return await self.app(scope, receive, send)
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            return await self.app(scope, receive, send)
+        messages, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge(seen)
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                return await send_error(send, ApiError(413, "too_large", f"the {what} exceeds the limit of {limit} bytes ({key}): {fix}",
+                                                       limit=limit))
+            if not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge as exc:
-            await self._reject(send, exc.size)
+        async def replay():
+            return messages.pop(0) if messages else await receive()
 
-    async def _reject(self, send, size: int) -> None:
-        import json
-
-        body = json.dumps(
-            {"error": {"status": 413, "code": "too_large", "message": f"request body of {size} bytes exceeds the limit of {self.limit} bytes"}}
-        ).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.size = size
+        await self.app(scope, replay, send)
 
 
 async def read_body(request, limit: int) -> bytes:
     """The raw body, at most ``limit`` bytes (413 beyond), refused early by ``Content-Length``."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "too_large", f"the upload is {int(declared)} bytes; the limit is {limit} bytes (serve.max_upload_bytes)")
+        raise ApiError(413, "too_large", f"the upload is {int(declared)} bytes; the limit is {limit} bytes (serve.max_upload_bytes)",
+                       limit=limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"the upload exceeds the limit of {limit} bytes (serve.max_upload_bytes)")
+            raise ApiError(413, "too_large", f"the upload exceeds the limit of {limit} bytes (serve.max_upload_bytes)", limit=limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -136,7 +145,8 @@ def decode_upload(data: bytes, name: str, cfg: ServeConfig) -> Upload:
         ApiError: 413 too large, 415 not an image, 400 corrupt, 422 wrong dimensions.
     """
     if len(data) > cfg.max_upload_bytes:
-        raise ApiError(413, "too_large", f"{name} is {len(data)} bytes; the limit is {cfg.max_upload_bytes} bytes (serve.max_upload_bytes)")
+        raise ApiError(413, "too_large", f"{name} is {len(data)} bytes; the limit is {cfg.max_upload_bytes} bytes (serve.max_upload_bytes)",
+                       limit=cfg.max_upload_bytes)
     if not data:
         raise ApiError(415, "not_an_image", f"{name} is empty; send a PNG radiograph")
     kind = _kind(data)
@@ -146,21 +156,25 @@ def decode_upload(data: bytes, name: str, cfg: ServeConfig) -> Upload:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
             mode = img.mode
-    except Image.DecompressionBombError as exc:
-        raise ApiError(422, "wrong_dimensions", f"{name}: {exc}; each side must be at most {cfg.max_image_side} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ApiError(400, "corrupt_image", f"{name} looks like a {kind} file but its header cannot be read ({exc})") from None
+    except Image.DecompressionBombError:
+        raise ApiError(422, "wrong_dimensions", f"{name} declares more pixels than any accepted image; each side must be "
+                       f"between {cfg.min_image_side} and {cfg.max_image_side} pixels") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ApiError(400, "corrupt_image", f"{name} starts like a {kind} file but its header cannot be read; "
+                       "send an intact 8- or 16-bit grayscale PNG") from None
     _check_dimensions(name, h, w, cfg)
     if kind == "PNG":
         try:  # chunk CRCs and the end of the file: a damaged PNG fails here even when PIL could decode it
             with Image.open(io.BytesIO(data)) as img:
                 img.verify()
-        except Exception as exc:  # PIL raises several types (SyntaxError, OSError, struct.error)
-            raise ApiError(400, "corrupt_image", f"{name}: corrupt or truncated PNG ({exc})") from None
+        except Exception:  # PIL raises several types (SyntaxError, OSError, struct.error)
+            raise ApiError(400, "corrupt_image", f"{name} is a corrupt or truncated PNG (a chunk checksum or the end of "
+                           "the file is wrong); send the file again, unmodified") from None
     try:
         pixels = decode_image(data, name=name)
-    except ImageReadError as exc:
-        raise ApiError(400, "corrupt_image", f"{name}: corrupt or truncated {kind} ({exc})") from None
+    except ImageReadError:
+        raise ApiError(400, "corrupt_image", f"{name} is a {kind} file whose pixels cannot be decoded (corrupt, truncated, or "
+                       "not grayscale); send an intact 8- or 16-bit grayscale PNG") from None
     bits = 16 if mode.startswith("I") else 8
     return Upload(pixels, bits)
 
@@ -180,7 +194,8 @@ def decode_b64(text: str, name: str, cfg: ServeConfig) -> Upload:
     if text.startswith("data:"):
         text = text.partition(",")[2]
     if len(text) > cfg.max_upload_bytes * 4 // 3 + 8:
-        raise ApiError(413, "too_large", f"{name} exceeds the limit of {cfg.max_upload_bytes} bytes (serve.max_upload_bytes)")
+        raise ApiError(413, "too_large", f"{name} decodes to more than the limit of {cfg.max_upload_bytes} bytes per image "
+                       "(serve.max_upload_bytes); send a smaller PNG", limit=cfg.max_upload_bytes)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):

@@ -46,8 +46,9 @@ def write_serve_config(path: Path, profile: Path, port: int, generator: dict | N
                 "import_path": "services.app:app",
                 "args": {"config": str(profile)},
                 "deployments": [
-                    {"name": "Ingress", "num_replicas": 1, "max_ongoing_requests": 32, "max_queued_requests": 64},
-                    {"name": "Generator", "num_replicas": 1, "max_ongoing_requests": 8, "max_queued_requests": 8, **(generator or {})},
+                    # configs/serve.yaml's queue settings, one replica each
+                    {"name": "Ingress", "num_replicas": 1, "max_ongoing_requests": 64, "max_queued_requests": 256},
+                    {"name": "Generator", "num_replicas": 1, "max_ongoing_requests": 8, "max_queued_requests": 64, **(generator or {})},
                 ],
             }
         ],

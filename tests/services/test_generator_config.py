@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_user_config_reloads_models_only_when_a_location_changes(replica):
     assert info["batching"] == {"enabled": False, "max_batch_size": 3, "batch_wait_timeout_s": 0.05}
     g.reconfigure({"generator": str(root / "models" / "generator-v2.pt")})
     assert g._bundle is not first
-    assert g.info()["generator"]["uri"].endswith("generator-v2.pt")
+    assert g.info()["generator"]["uri"] == "generator-v2.pt", "a file name, not the server path"
 
 
 def test_user_config_rejects_unknown_keys_and_bad_values(replica):
@@ -63,6 +64,30 @@ def test_errors_come_back_as_dicts_not_exceptions(replica):
     assert out["error"]["code"] == "unknown_finding" and "Mass" in out["error"]["known"]
 
 
+def test_unexpected_failures_tell_the_client_nothing_internal(replica, monkeypatch, caplog):
+    g, root = replica
+    g.reconfigure({"batching": False})
+
+    def boom(*a, **k):
+        raise RuntimeError(f"CUDA exploded reading {root}/models/generator.pt <object at 0xdeadbeef>")
+
+    monkeypatch.setattr("augment.generation.generate_batch", boom)
+    img = np.full((64, 64), 0.5, np.float32) + np.linspace(0, 0.3, 64, dtype=np.float32)
+    with caplog.at_level("ERROR", logger="cxr.serve"):
+        out = asyncio.run(g.generate({"image": img, "findings": ["Mass"], "seed": 0}))
+    err = out["error"]
+    assert err["status"] == 500 and err["code"] == "internal_error" and err["reference"] in err["message"]
+    assert str(root) not in err["message"] and "0x" not in err["message"] and "RuntimeError" not in err["message"]
+    assert err["reference"] in caplog.text and "CUDA exploded" in caplog.text, "the operator's log has the details"
+
+
+def test_models_info_shows_no_server_paths_pid_or_uptime(replica):
+    g, root = replica
+    text = json.dumps(g.info())
+    assert str(root) not in text and "pid" not in text and "uptime" not in text and "loaded_at" not in text
+    assert g.info()["replica"]["instance"] == g.info()["replica"]["instance"]
+
+
 def test_builder_takes_resources_from_the_profile_and_needs_a_token(tmp_path, monkeypatch):
     from services.app import app
 
@@ -72,6 +97,13 @@ def test_builder_takes_resources_from_the_profile_and_needs_a_token(tmp_path, mo
         app({"config": str(profile)})
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
+    with pytest.raises(ValueError, match="refused: it has 6 characters; at least 32"):
+        app({"config": str(profile), "overrides": [f"serve.token_file={token_file}"]})
+    monkeypatch.setenv("CXR_API_TOKEN", "replace-me")
+    with pytest.raises(ValueError, match="placeholder 'replace-me'"):
+        app({"config": str(profile)})
+    monkeypatch.delenv("CXR_API_TOKEN")
+    token_file.write_text("0123456789abcdef" * 4 + "\n")
     built = app({"config": str(profile), "overrides": [f"serve.token_file={token_file}", "resources.use_gpu=true"]})
     gen = built._bound_deployment.init_args[0]
     assert gen._bound_deployment.ray_actor_options["num_gpus"] == 1.0
