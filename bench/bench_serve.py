@@ -96,7 +96,7 @@ def run_mode(root: Path, profile: Path, batching: bool, levels: list[int], n: in
         raw["resources"]["use_gpu"] = True
     mode_profile = root / f"profile-{'batch' if batching else 'nobatch'}.yaml"
     mode_profile.write_text(yaml.safe_dump(raw, sort_keys=False))
-    token = secrets.token_urlsafe(16)
+    token = secrets.token_hex(32)  # the service refuses tokens under 32 characters
     port = free_port()
     # Generous queues: the benchmark measures latency, not rejection.
     config = write_serve_config(root / f"serve-{batching}.yaml", mode_profile, port,
