@@ -131,3 +131,39 @@ def test_evaluate_reports_bad_inputs(inputs, tmp_path, capsys):
     assert "data folder not found" in capsys.readouterr().err
     assert main(["--real", str(real), "--synthetic", str(pool), "--classifier", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_copy_of_any_training_image_is_flagged_not_only_of_a_sampled_few(tmp_path, make_nih_folder):
+    """The old search read --max-images random training images; a copy of another one went unseen."""
+    from augment.augmentation.pool import PoolWriter, ProvenanceRow
+    from augment.classifier import build_classifier, save_checkpoint
+    from augment.config import ClassifierConfig
+    from augment.data.io import read_image
+    from augment.data.nih import load_index
+
+    train = make_nih_folder([(f"{i:08d}_000.png", "No Finding", i) for i in range(24)], size=32, name="train")
+    real = make_nih_folder([(f"{500 + i:08d}_000.png", "Effusion", 500 + i) for i in range(8)], size=32, name="real")
+    idx = load_index(train)
+    pool = tmp_path / "pool"
+    writer = PoolWriter(str(pool))
+    mask = np.zeros((32, 32), np.float32)
+    mask[8:20, 8:20] = 1
+    for i in range(6):
+        src = idx.records[i]
+        img = read_image(idx.path(idx.records[23])) if i == 0 else np.clip(read_image(idx.path(src)) + 0.3 * mask, 0, 1)
+        name = f"syn_{i:03d}_{src.image_index}"
+        writer.write_item(ProvenanceRow(
+            item_id=f"Effusion-{i:05d}", image=name, finding="Effusion", source=src.image_index, source_patient=src.patient_id,
+            reference="", mask=name, mask_area=float(mask.mean()), prob_before=0.1, prob_after=0.6, accepted=True,
+            reason="ok", registration_ncc=None, generator_run="test", seed=i), img, mask)
+    writer.finalize()
+    cfg = ClassifierConfig(arch="efficientnet-b0", image_size=32)
+    torch.manual_seed(0)
+    clf = save_checkpoint(tmp_path / "classifier.pt", build_classifier(cfg), cfg)
+    out = tmp_path / "out"
+    argv = ["--real", str(real), "--synthetic", str(pool), "--classifier", str(clf), "--generator-train", str(train),
+            "--out", str(out), "--image-size", "32", "--max-images", "6", "--n-boot", "5", "--epochs", "1", "--max-pairs", "5"]
+    assert main(argv) == 0
+    mem = json.loads((out / "evaluation.json").read_text())["memorisation"]
+    assert mem["n_train"] == 24  # all of them, though --max-images is 6
+    assert [f[:2] for f in mem["flagged"]] == [["syn_000_00000000_000.png", "00000023_000.png"]], mem["flagged"]
