@@ -16,6 +16,13 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``): ``POST /v1/generate``,
 ``POST /v1/inpaint``, ``POST /v1/register``, ``GET /v1/findings``, ``GET /v1/models``,
 ``GET /healthz`` (no token) and a page at ``/``. Ray Serve's metrics (and ``cxr_*``
 application metrics) are exported on each Ray node's metrics port.
+
+Before FastAPI reads a body, three ASGI middlewares run, in this order: the token check
+(:mod:`services.auth`; 401 whatever the body), admission (:mod:`services.admission`; JSON
+503 + ``Retry-After`` beyond ``serve.max_inflight`` image requests) and the body limits
+(:mod:`services.uploads`; 413 quoting ``serve.max_upload_bytes`` or ``serve.max_json_bytes``).
+An admitted request waits for the Generator at most ``serve.request_timeout_s`` after it
+arrived (then JSON 504). PNG decoding and encoding run in worker threads, off the event loop.
 """
 
 import asyncio

@@ -1,7 +1,8 @@
 """Reading uploads safely: size limits, image checks, base64, PNG answers.
 
 Images arrive as a raw request body (``Content-Type: image/png``) or as base64 strings
-inside JSON. Before anything is decoded, the size is checked (413); the header is read
+inside JSON. Before anything is decoded, the size is checked (413: a raw upload against
+``serve.max_upload_bytes``, a JSON body against ``serve.max_json_bytes``); the header is read
 before the pixels, so a decompression bomb is refused by its declared size (422) and
 never allocated. A body that is not an image answers 415; one that starts like an image
 but does not decode answers 400.
