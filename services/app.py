@@ -22,7 +22,8 @@ Before FastAPI reads a body, three ASGI middlewares run, in this order: the toke
 503 + ``Retry-After`` beyond ``serve.max_inflight`` image requests) and the body limits
 (:mod:`services.uploads`; 413 quoting ``serve.max_upload_bytes`` or ``serve.max_json_bytes``).
 An admitted request waits for the Generator at most ``serve.request_timeout_s`` after it
-arrived (then JSON 504). PNG decoding and encoding run in worker threads, off the event loop.
+arrived (then JSON 504). JSON parsing, PNG decoding and encoding run in worker threads, off
+the event loop.
 """
 
 import asyncio
@@ -35,8 +36,10 @@ from typing import Any, Callable, Literal, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -59,9 +62,10 @@ from services.schemas import (
     RegisterBody,
     RegisterResponse,
 )
-from services.uploads import RAW_IMAGE_TYPES, BodyLimitMiddleware, decode_b64, decode_upload, png_b64, read_body
+from services.uploads import RAW_IMAGE_TYPES, BodyLimitMiddleware, decode_b64, decode_upload, is_json, png_b64, read_body
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 __all__ = ["app", "api", "Ingress", "Generator", "build_app", "INGRESS_CPUS"]
 
@@ -175,6 +179,27 @@ def _generate_answer(out: dict[str, Any], shape: tuple[int, int], bits: int, png
             seconds=out["seconds"], samples=samples,
         ).model_dump(mode="json")
     )
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting ``model`` as the JSON request body (read by :func:`_parse_json`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _parse_json(request: Request, model: type[M]) -> M:
+    """The body as ``model``, parsed and validated in a worker thread (a big JSON body would stall the event loop).
+
+    Raises:
+        ApiError: 415 for a non-JSON Content-Type; RequestValidationError (422) for malformed JSON or fields.
+    """
+    ctype = request.headers.get("content-type", "")
+    if ctype and not is_json(ctype):
+        raise ApiError(415, "unsupported_media_type", f"Content-Type {ctype.split(';')[0]!r}: send a JSON body (application/json)")
+    raw = await request.body()
+    try:
+        return await off_loop(model.model_validate_json, raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors(include_input=False)]) from None
 
 
 def _inpaint_inputs(body: InpaintBody, cfg) -> tuple[Any, np.ndarray]:
@@ -358,15 +383,16 @@ class Ingress:
         tags=["generation"],
         dependencies=[Depends(require_token)],
         responses={200: _PNG_200, **ERROR_RESPONSES},
+        openapi_extra=_json_body(InpaintBody),
         summary="Repaint a given mask with findings (no registration)",
     )
     async def inpaint(
         self,
         request: Request,
-        body: InpaintBody,
         format: Literal["json", "png"] | None = Query(None, description="json (default) or png; else from the Accept header"),
     ) -> Any:
         s = self.cfg.serve
+        body = await _parse_json(request, InpaintBody)
         names = _findings(body.findings)
         if body.steps is not None and body.steps > s.max_steps:
             raise ApiError(422, "too_many_steps", f"steps={body.steps}; at most {s.max_steps} (serve.max_steps)")
@@ -384,14 +410,15 @@ class Ingress:
         tags=["registration"],
         dependencies=[Depends(require_token)],
         responses={200: _PNG_200, **ERROR_RESPONSES},
+        openapi_extra=_json_body(RegisterBody),
         summary="Register a moving radiograph (and a map) onto a fixed one",
     )
     async def register(
         self,
         request: Request,
-        body: RegisterBody,
         format: Literal["json", "png"] | None = Query(None, description="json (default) or png (the warped image)"),
     ) -> Any:
+        body = await _parse_json(request, RegisterBody)
         fixed, moving, mmap = await off_loop(_register_inputs, body, self.cfg.serve)
         out = await self._call(request, "register", {"fixed": fixed.pixels, "moving": moving.pixels,
                                                      "map": None if mmap is None else mmap.pixels})
