@@ -12,8 +12,11 @@ A synthetic image is accepted when all of these hold (each is recorded with its 
 * ``not a near-copy``: the nearest training image (the source's patient excluded) is at
   least ``min_pixel_distance`` away in RMS over the mask, and at least
   min(``min_embedding_distance``, the ``near_copy_quantile`` of real-to-real distances
-  between different patients) away in cosine distance of classifier embeddings
-  (see :mod:`augment.quality.memorisation`; skipped, and recorded as None, without a bank).
+  between different patients) away in cosine distance of embeddings in the bank's feature
+  space: the bank's own encoder when it carries one (a bank index, see
+  :mod:`augment.quality.bank_index`: a space the gate does not select in), else the
+  ``embed_fn`` given (see :mod:`augment.quality.memorisation`; skipped, and recorded as
+  None, without a bank).
 
 The classifier comes in as callables, so the gate does not depend on its internals.
 """
@@ -135,8 +138,9 @@ def evaluate_gate(
         targets: (B, 14) multi-hot target findings.
         cfg: margin, tolerances, near-copy thresholds.
         prob_fn: classifier probabilities, (B, 1, H, W) -> (B, 14).
-        embed_fn: classifier embeddings, (B, 1, H, W) -> (B, D); needed for the embedding
-            near-copy check (with a bank holding embeddings).
+        embed_fn: embeddings, (B, 1, H, W) -> (B, D), in the space of the bank's
+            embeddings; used for the embedding near-copy check when the bank carries no
+            ``embed_fn`` of its own (a bank index does, and wins).
         bank: training images to search for near-copies; None skips that check.
         source_ids: the sources' ids, excluded from the near-copy search.
         p_before: (B, 14) probabilities on the sources if already computed.
@@ -167,9 +171,10 @@ def evaluate_gate(
     nn = None
     if bank is not None:
         emb = None
-        if embed_fn is not None and bank.embeddings is not None:
+        space = bank.embed_fn if bank.embed_fn is not None else embed_fn
+        if space is not None and bank.embeddings is not None:
             with torch.no_grad():
-                emb = torch.as_tensor(embed_fn(classifier_input)).float().cpu()
+                emb = torch.as_tensor(space(classifier_input)).float().cpu()
         nn = bank.nearest(classifier_input, m, emb, exclude=source_ids)
     tmask = targets.detach().cpu() > 0.5
     emb_threshold = cfg.min_embedding_distance

@@ -15,17 +15,32 @@ each bank image's nearest neighbour among the *other patients'* images: the gate
 synthetic image with a low quantile of these real-to-real distances
 (:meth:`TrainingBank.embedding_floor`), i.e. "closer to a training image than real
 radiographs of different patients ever are".
+
+A bank lives in memory (:meth:`TrainingBank.build`, for tests and small runs) or on disk as
+an index folder that every gate actor memory-maps (:mod:`augment.quality.bank_index`): its
+arrays may then be NumPy memmaps (thumbnails in float16), which :meth:`TrainingBank.nearest`
+reads in chunks of rows, so a search never copies the whole bank into a process. Such a
+bank carries its own feature space (``embed_fn``, an encoder trained on the real training
+images, which the gate never selects in): queries are embedded with it, so query and bank
+embeddings always come from the same network.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EmbedFn", "NearestNeighbours", "TrainingBank", "patient_of"]
+__all__ = ["EmbedFn", "NearestNeighbours", "TrainingBank", "patient_codes", "patient_of", "real_nearest_neighbours"]
+
+Array = torch.Tensor | np.ndarray
+"""A bank array: a tensor, or a NumPy array (a read-only memmap of an index folder)."""
+
+CHUNK_ELEMENTS = 1 << 22
+"""Bank rows are searched in chunks of about this many (query x bank) or (bank x bank) cells."""
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 """embed_fn(images (B, 1, H, W) in [0, 1]) -> (B, D) embeddings."""
@@ -64,34 +79,93 @@ def _downsample(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x.float(), size=(size, size), mode="area")
 
 
+def _rows(a: Array, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of a bank array as a float32 tensor (a copy of only those rows)."""
+    if isinstance(a, torch.Tensor):
+        return a[start:stop].float()
+    return torch.from_numpy(np.asarray(a[start:stop], dtype=np.float32))
+
+
+def patient_codes(ids: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """(N,) int64 patient code of each id, and patient -> code."""
+    codes: dict[str, int] = {}
+    out = np.fromiter((codes.setdefault(patient_of(i), len(codes)) for i in ids), dtype=np.int64, count=len(ids))
+    return out, codes
+
+
+def real_nearest_neighbours(embeddings: Array, codes: np.ndarray, chunk_elements: int = CHUNK_ELEMENTS) -> np.ndarray | None:
+    """Cosine distance from each row to its nearest row of another patient, in chunks of rows.
+
+    Args:
+        embeddings: (N, D) L2-normalised (a tensor, an array or a memmap).
+        codes: (N,) patient code of each row.
+        chunk_elements: about how many (row x bank) cells one chunk holds in memory.
+
+    Returns:
+        (N,) float32, or None with fewer than two patients.
+    """
+    n = len(codes)
+    if n == 0 or len(np.unique(codes)) < 2:
+        return None
+    emb = _rows(embeddings, 0, n)  # (N, D): small next to the thumbnails
+    allc = torch.from_numpy(np.asarray(codes))
+    step = max(1, chunk_elements // n)
+    out = np.empty(n, np.float32)
+    for a in range(0, n, step):
+        cd = (1.0 - emb[a : a + step] @ emb.T).masked_fill(allc[a : a + step, None] == allc[None, :], float("inf"))
+        out[a : a + step] = cd.min(dim=1).values.numpy()
+    return out
+
+
 @dataclass(frozen=True)
 class TrainingBank:
     """Training images (downsampled) and their embeddings, to search for near-copies.
 
     Attributes:
         ids: (N,) image ids (``Image Index``).
-        pixels: (N, size*size) float32 in [0, 1].
+        pixels: (N, size*size) in [0, 1]: float32 in memory, or a float16 memmap of an index.
         embeddings: (N, D) L2-normalised, or None.
         size: side length of the stored images.
         real_embedding_nn: (N,) cosine distance from each bank image to its nearest bank
             image of another patient (None without embeddings or with one patient).
+        embed_fn: the bank's own feature space, (B, 1, H, W) -> (B, D); when set, the gate
+            embeds queries with it instead of the embed_fn it was given. None: the caller's
+            embeddings are in the bank's space (the in-memory :meth:`build`).
+        feature_space: what the embeddings are ("caller" for :meth:`build`).
     """
 
     ids: tuple[str, ...]
-    pixels: torch.Tensor
-    embeddings: torch.Tensor | None
+    pixels: Array
+    embeddings: Array | None
     size: int
-    real_embedding_nn: torch.Tensor | None = None
+    real_embedding_nn: Array | None = None
+    embed_fn: EmbedFn | None = field(default=None, repr=False, compare=False)
+    feature_space: str = "caller"
+    _codes: list = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.pixels) != len(self.ids):
+            raise ValueError(f"the bank has {len(self.ids)} ids but {len(self.pixels)} rows of pixels")
+        if self.embeddings is not None and len(self.embeddings) != len(self.ids):
+            raise ValueError(f"the bank has {len(self.ids)} ids but {len(self.embeddings)} embeddings")
 
     @property
     def patients(self) -> tuple[str, ...]:
         return tuple(patient_of(i) for i in self.ids)
 
+    def _patient_index(self) -> tuple[np.ndarray, dict[str, int], dict[str, int]]:
+        """(codes, patient -> code, id -> row), computed once per bank."""
+        if not self._codes:
+            codes, by_patient = patient_codes(self.ids)
+            self._codes.append((codes, by_patient, {k: i for i, k in enumerate(self.ids)}))
+        return self._codes[0]
+
     def embedding_floor(self, quantile: float) -> float | None:
         """The ``quantile`` of real-to-real (other-patient) nearest-neighbour cosine distances."""
-        if self.real_embedding_nn is None or self.real_embedding_nn.numel() == 0:
+        if self.real_embedding_nn is None or len(self.real_embedding_nn) == 0:
             return None
-        return float(torch.quantile(self.real_embedding_nn, quantile))
+        nn = self.real_embedding_nn
+        return float(torch.quantile(nn.float() if isinstance(nn, torch.Tensor) else torch.from_numpy(np.asarray(nn, np.float32)), quantile))
 
     @classmethod
     def build(
@@ -123,34 +197,29 @@ class TrainingBank:
             emb = F.normalize(emb, dim=1)
         real_nn = None
         if emb is not None:
-            pat = [patient_of(i) for i in ids]
-            codes = {p: k for k, p in enumerate(dict.fromkeys(pat))}
-            if len(codes) > 1:
-                c = torch.tensor([codes[p] for p in pat])
-                cd = (1.0 - emb @ emb.T).masked_fill(c[:, None] == c[None, :], float("inf"))
-                real_nn = cd.min(dim=1).values
+            nn = real_nearest_neighbours(emb, patient_codes(ids)[0])
+            real_nn = None if nn is None else torch.from_numpy(nn)
         return cls(ids=tuple(ids), pixels=pixels.cpu(), embeddings=emb, size=size, real_embedding_nn=real_nn)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def _excluded(self, exclude: Sequence[str | None] | None, b: int) -> torch.Tensor:
-        out = torch.zeros(b, len(self.ids), dtype=torch.bool)
+        out = np.zeros((b, len(self.ids)), dtype=bool)
         if exclude is None:
-            return out
+            return torch.from_numpy(out)
         if len(exclude) != b:
             raise ValueError(f"got {len(exclude)} exclude ids for a batch of {b}")
-        rows: dict[str, list[int]] = {}
-        for i, p in enumerate(self.patients):
-            rows.setdefault(p, []).append(i)
-        where = {k: i for i, k in enumerate(self.ids)}
+        codes, by_patient, where = self._patient_index()
         for j, e in enumerate(exclude):
             if e is None:
                 continue
-            out[j, rows.get(patient_of(e), [])] = True
+            code = by_patient.get(patient_of(e))
+            if code is not None:
+                out[j] = codes == code
             if e in where:
                 out[j, where[e]] = True
-        return out
+        return torch.from_numpy(out)
 
     def nearest(
         self,
@@ -182,17 +251,30 @@ class TrainingBank:
             inf = torch.full((b,), float("inf"))
             none = torch.full((b,), -1, dtype=torch.long)
             return NearestNeighbours(inf, none, None if embeddings is None else inf, None if embeddings is None else none)
-        bank = self.pixels  # (N, P)
-        # sum_p w (q - k)^2 = sum w q^2 - 2 sum w q k + sum w k^2, for all (query, bank) pairs
-        sq = (w * q * q).sum(1, keepdim=True) - 2.0 * (w * q) @ bank.T + w @ (bank * bank).T
-        d = (sq.clamp(min=0.0) / w.sum(1, keepdim=True)).sqrt()
-        d = d.masked_fill(excl, float("inf"))
-        pd, pi = d.min(dim=1)
+        n = len(self.ids)
+        if q.shape[1] != self.pixels.shape[1]:
+            raise ValueError(f"queries downsample to {q.shape[1]} pixels, the bank holds {self.pixels.shape[1]} per image")
+        step = max(1, CHUNK_ELEMENTS // max(1, q.shape[1]))
+        wq2, wq, wsum = (w * q * q).sum(1, keepdim=True), w * q, w.sum(1, keepdim=True)
+        pd, pi = torch.full((b,), float("inf")), torch.zeros(b, dtype=torch.long)
+        for a in range(0, n, step):
+            k = _rows(self.pixels, a, a + step)  # (C, P)
+            # sum_p w (q - k)^2 = sum w q^2 - 2 sum w q k + sum w k^2, for all (query, bank) pairs
+            sq = wq2 - 2.0 * wq @ k.T + w @ (k * k).T
+            d = (sq.clamp(min=0.0) / wsum).sqrt().masked_fill(excl[:, a : a + step], float("inf"))
+            cd, ci = d.min(dim=1)
+            better = cd < pd
+            pd, pi = torch.where(better, cd, pd), torch.where(better, ci + a, pi)
         ed = ei = None
         if embeddings is not None and self.embeddings is not None:
             e = F.normalize(embeddings.float().cpu(), dim=1)
             if e.shape[1] != self.embeddings.shape[1]:
                 raise ValueError(f"query embeddings have {e.shape[1]} dimensions, the bank {self.embeddings.shape[1]}")
-            cd = (1.0 - e @ self.embeddings.T).masked_fill(excl, float("inf"))
-            ed, ei = cd.min(dim=1)
+            step = max(1, CHUNK_ELEMENTS // max(1, e.shape[1]))
+            ed, ei = torch.full((b,), float("inf")), torch.zeros(b, dtype=torch.long)
+            for a in range(0, n, step):
+                cd = (1.0 - e @ _rows(self.embeddings, a, a + step).T).masked_fill(excl[:, a : a + step], float("inf"))
+                cmin, ci = cd.min(dim=1)
+                better = cmin < ed
+                ed, ei = torch.where(better, cmin, ed), torch.where(better, ci + a, ei)
         return NearestNeighbours(pd, pi, ed, ei)
