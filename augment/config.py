@@ -36,6 +36,7 @@ __all__ = [
     "AttentionConfig",
     "QualityConfig",
     "AugmentConfig",
+    "InputFilterConfig",
     "ResourcesConfig",
     "TrackingConfig",
     "ServeConfig",
@@ -302,6 +303,31 @@ class AugmentConfig(StageConfig):
         return v
 
 
+class InputFilterConfig(StageConfig):
+    """The input quality filter (:mod:`augment.data.input_filter`): sources and references
+    that are not usable frontal chest films are dropped before the augmentation plan."""
+
+    enabled: bool = Field(True, description="score candidate sources and references and drop the outliers")
+    image_size: int = Field(64, ge=16, le=1024, description="side the images are scored at")
+    views: list[str] = Field(
+        default_factory=lambda: ["PA", "AP"],
+        description="allowed Data_Entry 'View Position' values (an empty view is allowed); [] = any",
+    )
+    min_std: float = Field(0.02, ge=0.0, le=0.5, description="blank: pixel standard deviation under it")
+    saturation_level: float = Field(0.02, ge=0.0, lt=0.5, description="pixels within it of 0 or 1 count as saturated")
+    max_saturated_fraction: float = Field(0.5, gt=0.0, le=1.0, description="saturated: more of the pixels at 0 or 1")
+    check_orientation: bool = Field(True, description="drop images rotated by 90 or 180 degrees")
+    rotation_margin: float = Field(0.1, ge=-1.0, le=2.0, description="rotated: a rotation of the image correlates with the candidates' median image better than the image itself by more (with under min_population images: its top-bottom mirror symmetry beats its left-right one by more)")
+    check_inversion: bool = Field(True, description="drop inverted images (lungs bright, mediastinum dark)")
+    inversion_margin: float = Field(0.0, ge=0.0, le=1.0, description="inverted: correlation with the candidates' median image under minus this")
+    max_exposure_z: float = Field(6.0, gt=0.0, description="exposure: robust z of mean, std, 5th or 95th percentile above it")
+    max_outlier_z: float = Field(8.0, gt=0.0, description="outlier: robust z of the PCA reconstruction error above it")
+    pca_size: int = Field(32, ge=4, le=256, description="side of the downsampled pixels the PCA sees")
+    pca_components: int = Field(16, ge=1, le=1024)
+    min_population: int = Field(20, ge=3, description="fewer images passing the per-image checks skip the population checks")
+    examples: int = Field(16, ge=0, le=256, description="dropped images kept for the example grid logged to MLflow")
+
+
 class ResourcesConfig(StageConfig):
     """Ray resources; the same code runs on a laptop and on a GPU cluster."""
 
@@ -413,6 +439,7 @@ class RunConfig(StageConfig):
     attention: AttentionConfig = AttentionConfig()
     quality: QualityConfig = QualityConfig()
     augment: AugmentConfig = AugmentConfig()
+    input_filter: InputFilterConfig = InputFilterConfig()
     utility: UtilityConfig = UtilityConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
