@@ -14,7 +14,9 @@ The contract checked: admitted requests finish (200, within ``serve.request_time
 the others get a JSON 503 ``overloaded`` with ``Retry-After`` within a second, and
 ``/healthz`` (polled every 50 ms from a process of its own) keeps its p99 under 100 ms.
 The clients run at nice 15, like Ray's proxy and replicas (``tests/services/overload.py``),
-so that the load generator does not take the CPU from the service it measures.
+so that the load generator does not take the CPU from the service it measures. Latencies
+are reported twice: as the clients saw them, and as the Serve proxy logged them (from its
+access log: the service's side, without the load generator's own delays on a busy machine).
 
     python bench/bench_overload.py                  # 4x16 clients, 30 s per behaviour
     python bench/bench_overload.py --seconds 10     # shorter
@@ -26,8 +28,10 @@ Writes ``bench/results/overload.json``. Not part of the test run (its small vers
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -41,7 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "services"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from overload import run_overload_niced  # noqa: E402
+from overload import percentile, run_overload_niced  # noqa: E402
 from serve_process import free_port, serve_env, start_serve, stop_serve, wait_ready, write_serve_config  # noqa: E402
 from tiny_models import build_tiny_setup  # noqa: E402
 
@@ -50,6 +54,36 @@ def _machine() -> dict:
     from bench_classifier import _machine as machine
 
     return {**machine(), "load_1min": round(os.getloadavg()[0], 2)}
+
+
+_ACCESS = re.compile(r"^INFO (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ proxy \S+ \S+ -- (GET|POST) (\S+) (\d{3}) ([\d.]+)ms$")
+
+
+def proxy_latencies(port: int, start: float, end: float) -> dict:
+    """The Serve proxy's own access-log latencies (ms) in [start, end] (epoch s), per kind of answer.
+
+    The proxy times a request from when it has read its headers to the end of its answer:
+    the service's side, without the load generator's own delays. Its log is found in the
+    Ray session whose proxy listens on ``port``.
+    """
+    logs = [p for p in glob.glob("/tmp/ray/session_*/logs/serve/proxy_*.log") if f"(HTTP port: {port})" in Path(p).read_text(errors="replace")[:20000]]
+    if not logs:
+        return {}
+    kinds: dict[str, list[float]] = {"503": [], "200": [], "healthz": []}
+    for line in Path(logs[0]).read_text(errors="replace").splitlines():
+        m = _ACCESS.match(line)
+        if not m:
+            continue
+        t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S"))
+        if not start - 1 <= t <= end + 1:
+            continue
+        ms = float(m.group(5))
+        if m.group(3) == "/healthz":
+            kinds["healthz"].append(ms)
+        elif m.group(3).startswith("/v1/generate") and m.group(4) in ("200", "503"):
+            kinds[m.group(4)].append(ms)
+    return {k: {"n": len(v), "p50_ms": round(percentile(v, 0.5), 1), "p99_ms": round(percentile(v, 0.99), 1),
+                "max_ms": round(max(v, default=float("nan")), 1)} for k, v in kinds.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                                          pause_s=None if behaviour == "retry-after" else args.hammer_pause)
                 s = res.summary()
                 s.update(behaviour=behaviour, wall_s=round(time.time() - t0, 1), load_1min_before=before["load_1min"],
-                         load_1min_after=round(os.getloadavg()[0], 2))
+                         load_1min_after=round(os.getloadavg()[0], 2), proxy=proxy_latencies(port, t0, time.time()))
                 runs.append(s)
                 print(json.dumps(s), flush=True)
         finally:

@@ -4,7 +4,9 @@ the rest at once with a JSON 503, and give every admitted request a deadline.
 - :class:`AdmissionMiddleware` counts the requests in progress on the image endpoints
   (``/v1/generate``, ``/v1/inpaint``, ``/v1/register``). Beyond ``serve.max_inflight`` it
   answers 503 ``overloaded`` with ``Retry-After`` before the body is read, so a full service
-  rejects in milliseconds instead of queueing. It runs after the token check: requests
+  rejects in milliseconds instead of queueing. ``Retry-After`` is drawn from
+  [``serve.retry_after_s``, 2 x ``serve.retry_after_s``], so that clients refused in one burst
+  come back spread out rather than in the next burst. It runs after the token check: requests
   without a token never take a place.
 - :func:`await_with_deadline` awaits the ``Generator``'s answer until
   ``serve.request_timeout_s`` after the request arrived; then it cancels the call (a queued
@@ -21,12 +23,13 @@ own backpressure (also mapped to a JSON 503) only fires when the settings disagr
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from typing import Any, Awaitable, Callable
 
 from services.errors import ApiError, send_error
 
-__all__ = ["ADMITTED_PATHS", "Admission", "AdmissionMiddleware", "await_with_deadline", "arrival"]
+__all__ = ["ADMITTED_PATHS", "Admission", "AdmissionMiddleware", "await_with_deadline", "arrival", "overloaded", "spread_retry_after"]
 
 ADMITTED_PATHS = frozenset({"/v1/generate", "/v1/inpaint", "/v1/register"})
 _T0 = "cxr.arrival"
@@ -58,9 +61,16 @@ class Admission:
         self.inflight = max(0, self.inflight - 1)
 
 
+def spread_retry_after(retry_after_s: int) -> int:
+    """A Retry-After drawn from [r, 2r]: clients refused together do not all come back together."""
+    return retry_after_s + random.randint(0, retry_after_s) if retry_after_s > 0 else 0
+
+
 def overloaded(limit: int, retry_after_s: int) -> ApiError:
+    """503 ``overloaded`` with a spread ``Retry-After`` (see :func:`spread_retry_after`)."""
+    wait = spread_retry_after(retry_after_s)
     return ApiError(503, "overloaded", f"the service is working on its maximum of {limit} image requests (serve.max_inflight); "
-                    f"retry after {retry_after_s} s (Retry-After)", headers={"Retry-After": str(retry_after_s)})
+                    f"retry after {wait} s (Retry-After)", headers={"Retry-After": str(wait)})
 
 
 class AdmissionMiddleware:

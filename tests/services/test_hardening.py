@@ -15,7 +15,7 @@ import time
 import pytest
 
 from augment.config import ServeConfig
-from services.admission import Admission, AdmissionMiddleware, await_with_deadline
+from services.admission import Admission, AdmissionMiddleware, await_with_deadline, spread_retry_after
 from services.auth import MIN_TOKEN_CHARS, TOKEN_ENV, TokenMiddleware, TokenSource, token_problem
 from services.deployments import public_location, public_message
 from services.errors import ApiError
@@ -216,6 +216,12 @@ def test_chunked_body_over_the_limit_is_refused_and_one_under_is_replayed():
 # --------------------------------------------------------------------------- admission and deadline
 
 
+def test_retry_after_is_spread_over_r_to_2r():
+    waits = {spread_retry_after(2) for _ in range(200)}
+    assert waits == {2, 3, 4}
+    assert spread_retry_after(0) == 0
+
+
 def test_admission_counts_and_refuses_beyond_the_limit():
     adm = Admission(2)
     assert adm.try_enter() and adm.try_enter() and not adm.try_enter()
@@ -263,7 +269,7 @@ def test_admission_middleware_answers_503_at_once_and_frees_places():
     assert status == {0: 200, 1: 200, 2: 503, 3: 200}
     start = next(m for m in sent[2] if m["type"] == "http.response.start")
     headers = dict(start["headers"])
-    assert headers[b"retry-after"] == b"3" and headers[b"content-type"] == b"application/json"
+    assert 3 <= int(headers[b"retry-after"]) <= 6 and headers[b"content-type"] == b"application/json"
     err = json.loads(sent[2][1]["body"])["error"]
     assert err["code"] == "overloaded" and "serve.max_inflight" in err["message"]
     assert refused_in < 0.1 and adm.inflight == 0
