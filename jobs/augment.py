@@ -19,6 +19,11 @@ Item ids carry the generator's fingerprint (the hash of its checkpoint), and the
 records it: a re-run with another generator on the same ``augment.output`` is refused
 before any work. The tables list the current plan's items only. Checkpoint and data paths
 are checked before Ray starts, and ``.tmp`` files of a killed run are removed.
+
+The gate's near-copy bank is an index folder built once per training split and settings
+(:func:`near_copy_bank_index`, a cached stage under ``output_dir``) that every gate actor
+memory-maps: actors read no training image at start-up. On a multi-node cluster
+``output_dir`` must be on storage every node mounts, as the pool is.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from augment.data import DataError, NIHIndex
 
 log = logging.getLogger("cxr.augment")
 
-__all__ = ["AugmentResult", "build_bank", "run_augment", "main"]
+__all__ = ["AugmentResult", "build_bank", "near_copy_bank_index", "run_augment", "main"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class AugmentResult:
     accepted_per_second: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
     generator_fingerprint: str = ""
+    bank_index: str = ""  # the near-copy bank's index folder the gate mapped ("" when nothing ran)
 
 
 def build_bank(cfg: RunConfig, train_index: NIHIndex, classifier_checkpoint: str | None) -> ReferenceBank:
@@ -76,6 +82,32 @@ def build_bank(cfg: RunConfig, train_index: NIHIndex, classifier_checkpoint: str
         train_index, list(cfg.augment.findings), cfg.data.image_size, source,
         per_finding=cfg.augment.references_per_finding, seed=cfg.augment.seed,
     )
+
+
+def near_copy_bank_index(cfg: RunConfig, train_index: NIHIndex) -> str:
+    """The near-copy bank's index folder for this training split, built once and cached.
+
+    A stage folder ``<output_dir>/stages/near-copy-bank-<key>/`` keyed by the split's
+    fingerprint (ids, labels, file sizes) and the bank's settings: the first run reads every
+    training image once (in batches) and trains the bank's encoder; later runs, and every
+    gate actor, only map the files. Returns the index's absolute path (actors run elsewhere).
+    """
+    from dataclasses import asdict
+
+    from augment.quality.bank_index import INDEX_VERSION, BankIndexSpec, build_bank_index
+    from jobs.stages import run_stage, stage_key
+
+    spec = BankIndexSpec.from_config(cfg)
+    key = stage_key({"train": train_index.fingerprint(), "n": len(train_index), "bank": asdict(spec), "version": INDEX_VERSION})
+
+    def work(out: Any) -> dict[str, Any]:
+        log.info("near-copy bank: indexing %d training images (once per split and settings)", len(train_index))
+        info = build_bank_index(train_index, out / "index", spec)
+        return {"index": "index", "count": info.count, "skipped": info.skipped, "nbytes": info.nbytes,
+                "feature_space": info.feature_space, "seconds": info.seconds}
+
+    res = run_stage(cfg.output_dir, "near-copy-bank", key, work)
+    return str((res.path / res.result["index"]).resolve())
 
 
 def _actor_kwargs(cfg: RunConfig, size: int, gpu: bool = False) -> dict[str, Any]:
@@ -144,7 +176,8 @@ def run_augment(
 
     Args:
         cfg: the run profile.
-        train_index: the real training split (sources, references, near-copy bank).
+        train_index: the real training split (sources, references, and the near-copy bank's
+            index, built from it once: :func:`near_copy_bank_index`).
         classifier_checkpoint: the gate's classifier.
         generator_checkpoint: the flow-matching generator.
         generator_run: MLflow run id of the generator, recorded per item.
@@ -181,12 +214,14 @@ def run_augment(
             counts.setdefault(str(f), Counter())["accepted" if a else "rejected"] += 1
         _report(counts, len(todo), t0)
 
+    bank_index = ""
     if todo:
         bank = bank or build_bank(cfg, train_index, classifier_checkpoint)
+        bank_index = near_copy_bank_index(cfg, train_index)  # the gate actors map it, reading no image
         if use_ray:
             for attempt in range(1, cfg.augment.max_attempts + 1):
                 try:
-                    _run_ray(cfg, todo, train_index, bank, classifier_checkpoint, generator_checkpoint, generator_run, tally)
+                    _run_ray(cfg, todo, train_index, bank, bank_index, classifier_checkpoint, generator_checkpoint, generator_run, tally)
                     break
                 except Exception as exc:  # a lost actor, node or task: resume from what the pool holds
                     if attempt == cfg.augment.max_attempts:
@@ -203,7 +238,7 @@ def run_augment(
             steps = [
                 RegisterStep(cfg, train_index, bank),
                 InpaintStep(cfg, generator_checkpoint),
-                GateStep(cfg, classifier_checkpoint, train_index),
+                GateStep(cfg, classifier_checkpoint, bank_index),
                 WriteStep(cfg.augment.output, generator_run),
             ]
             _, secs = run_in_process(items_to_batches(todo, cfg.augment.batch_size), steps, tally)
@@ -223,10 +258,11 @@ def run_augment(
         accepted_per_second=accepted / seconds if seconds > 0 else 0.0,
         stage_seconds=stage_seconds,
         generator_fingerprint=fingerprint,
+        bank_index=bank_index,
     )
 
 
-def _run_ray(cfg, todo, train_index, bank, classifier_ckpt, generator_ckpt, generator_run, on_batch) -> None:
+def _run_ray(cfg, todo, train_index, bank, bank_index, classifier_ckpt, generator_ckpt, generator_run, on_batch) -> None:
     import ray
     import ray.data
 
@@ -245,7 +281,7 @@ def _run_ray(cfg, todo, train_index, bank, classifier_ckpt, generator_ckpt, gene
         InpaintActor, fn_constructor_args=(threads, cfg, generator_ckpt), **_actor_kwargs(cfg, a.inpaint_actors, gpu=True)
     )
     ds = ds.map_batches(
-        GateActor, fn_constructor_args=(threads, cfg, classifier_ckpt, train_index), **_actor_kwargs(cfg, a.gate_actors)
+        GateActor, fn_constructor_args=(threads, cfg, classifier_ckpt, bank_index), **_actor_kwargs(cfg, a.gate_actors)
     )
     ds = ds.map_batches(WriteStep, fn_constructor_args=(a.output, generator_run), **_actor_kwargs(cfg, 1))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):

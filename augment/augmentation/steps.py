@@ -13,12 +13,14 @@ Columns, as they accumulate:
   item cannot go on: an unreadable source, an empty region)
 * :class:`InpaintStep`: ``synthetic`` (B, S, S) float32
 * :class:`GateStep`: ``prob_before prob_after`` float, ``accepted`` bool, ``reason`` str
+  (the near-copy bank is an index folder it memory-maps, see :mod:`augment.quality.bank_index`)
 * :class:`WriteStep`: writes each item into the pool, returns the small columns only.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, Iterable, Iterator
 
@@ -160,13 +162,25 @@ class InpaintStep:
 
 
 class GateStep:
-    """Judge each synthetic image with the classifier (loaded once) and the training bank."""
+    """Judge each synthetic image with the classifier (loaded once) and the near-copy bank.
 
-    def __init__(self, cfg: RunConfig, classifier_checkpoint: str, train_index: NIHIndex | None = None) -> None:
+    Args:
+        cfg: the run profile (``quality``, ``resources``).
+        classifier_checkpoint: the gate's classifier.
+        bank_index: the near-copy bank's index folder
+            (:func:`augment.quality.bank_index.build_bank_index`, built once per run by
+            ``jobs/augment.py``): memory-mapped, with its own encoder; no training image is
+            read here. None skips the near-copy check. An :class:`NIHIndex` (the old
+            argument) still works but builds an in-memory bank from every training image in
+            this actor, with the classifier's embedding: slow, and logged as such.
+    """
+
+    def __init__(self, cfg: RunConfig, classifier_checkpoint: str,
+                 bank_index: "str | os.PathLike[str] | NIHIndex | None" = None) -> None:
         from augment.classifier import load_classifier
         from augment.classifier.predict import embed_images, predict_proba
+        from augment.quality.bank_index import load_bank_index
         from augment.quality.gate import evaluate_gate
-        from augment.quality.memorisation import TrainingBank
 
         self.cfg = cfg
         device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
@@ -175,16 +189,12 @@ class GateStep:
         self.embed_fn = lambda x: embed_images(self.model, x)
         self._gate = evaluate_gate
         self.bank = None
-        if train_index is not None and len(train_index):
-            arrs, ids = [], []
-            for r in train_index.records:
-                try:
-                    arrs.append(read_image(train_index.path(r), cfg.data.image_size))
-                    ids.append(r.image_index)
-                except ImageReadError as exc:  # the register step counts it per item
-                    log.warning("near-copy bank skips an unreadable training image: %s", exc)
-            if arrs:
-                self.bank = TrainingBank.build(torch.from_numpy(np.stack(arrs))[:, None], ids, self.embed_fn)
+        if isinstance(bank_index, NIHIndex):
+            log.warning("GateStep got the training index, not a near-copy bank index: reading all %d training images "
+                        "in this actor; pass build_bank_index's folder instead", len(bank_index))
+            self.bank = _bank_from_images(cfg, bank_index, self.embed_fn)
+        elif bank_index is not None:
+            self.bank = load_bank_index(bank_index)
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["item_id"])
@@ -210,6 +220,22 @@ class GateStep:
                 accepted[i] = d.accepted
                 reason[i] = "accepted" if d.accepted else "|".join(d.reasons)
         return {**batch, "prob_before": pb, "prob_after": pa, "accepted": accepted, "reason": reason}
+
+
+def _bank_from_images(cfg: RunConfig, train_index: NIHIndex, embed_fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """The old per-actor bank: every training image read here, embedded by the classifier."""
+    from augment.quality.memorisation import TrainingBank
+
+    arrs, ids = [], []
+    for r in train_index.records:
+        try:
+            arrs.append(read_image(train_index.path(r), cfg.data.image_size))
+            ids.append(r.image_index)
+        except ImageReadError as exc:  # the register step counts it per item
+            log.warning("near-copy bank skips an unreadable training image: %s", exc)
+    if not arrs:
+        return None
+    return TrainingBank.build(torch.from_numpy(np.stack(arrs))[:, None], ids, embed_fn)
 
 
 class WriteStep:
