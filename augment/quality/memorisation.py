@@ -83,7 +83,7 @@ def _rows(a: Array, start: int, stop: int) -> torch.Tensor:
     """Rows ``start:stop`` of a bank array as a float32 tensor (a copy of only those rows)."""
     if isinstance(a, torch.Tensor):
         return a[start:stop].float()
-    return torch.from_numpy(np.asarray(a[start:stop], dtype=np.float32))
+    return torch.from_numpy(np.array(a[start:stop], dtype=np.float32))  # a writable copy of these rows only
 
 
 def patient_codes(ids: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
