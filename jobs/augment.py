@@ -24,6 +24,12 @@ The gate's near-copy bank is an index folder built once per training split and s
 (:func:`near_copy_bank_index`, a cached stage under ``output_dir``) that every gate actor
 memory-maps: actors read no training image at start-up. On a multi-node cluster
 ``output_dir`` must be on storage every node mounts, as the pool is.
+
+Before planning, the input quality filter (``input_filter``; :mod:`augment.data.input_filter`)
+drops candidate healthy sources and diseased references that are not usable frontal films
+(wrong view, blank, saturated, rotated, inverted, exposure or PCA outliers); its counts per
+reason and a grid of dropped images go to the active MLflow run. ``--dry-run`` prints the
+plan and its expected cost from the Data_Entry table alone (no Ray, models or images).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from augment.data import DataError, NIHIndex
 
 log = logging.getLogger("cxr.augment")
 
-__all__ = ["AugmentResult", "build_bank", "near_copy_bank_index", "run_augment", "main"]
+__all__ = ["AugmentResult", "build_bank", "near_copy_bank_index", "filter_inputs", "run_augment", "main"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class AugmentResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     generator_fingerprint: str = ""
     bank_index: str = ""  # the near-copy bank's index folder the gate mapped ("" when nothing ran)
+    input_filter: dict[str, int] = field(default_factory=dict)  # counts of the input quality filter (empty: off)
 
 
 def build_bank(cfg: RunConfig, train_index: NIHIndex, classifier_checkpoint: str | None) -> ReferenceBank:
@@ -82,6 +89,65 @@ def build_bank(cfg: RunConfig, train_index: NIHIndex, classifier_checkpoint: str
         train_index, list(cfg.augment.findings), cfg.data.image_size, source,
         per_finding=cfg.augment.references_per_finding, seed=cfg.augment.seed,
     )
+
+
+def filter_inputs(cfg: RunConfig, train_index: NIHIndex) -> tuple[NIHIndex, NIHIndex, Any]:
+    """Run the input quality filter over the candidate sources and references.
+
+    Candidates are the 'No Finding' images (sources) and the images showing one of
+    ``augment.findings`` (references). Returns the index to plan from (dropped sources
+    removed; the findings' positive counts are unchanged), the index to take references
+    from (dropped references removed) and the :class:`InputFilterResult` (None when
+    ``input_filter.enabled`` is false). Counts and a grid of dropped images are logged to
+    the active MLflow run, if any.
+    """
+    if not cfg.input_filter.enabled:
+        return train_index, train_index, None
+    from augment.data.input_filter import filter_index
+
+    wanted = set(cfg.augment.findings)
+    cands = [r for r in train_index.records if r.is_healthy or wanted & set(r.labels)]
+    res = filter_index(train_index, cands, cfg.input_filter)
+    healthy = {r.image_index for r in cands if r.is_healthy}
+    drop_src = {k for k in res.dropped if k in healthy}
+    drop_ref = set(res.dropped) - drop_src
+    names = [r.image_index for r in train_index.records]
+    plan_index = train_index.subset(n for n in names if n not in drop_src) if drop_src else train_index
+    ref_index = train_index.subset(n for n in names if n not in drop_ref) if drop_ref else train_index
+    counts = {**res.summary(), "sources_dropped": len(drop_src), "references_dropped": len(drop_ref)}
+    msg = (f"input filter: kept {len(res.kept)}/{len(res.ids)} candidates; dropped {len(drop_src)} source(s), "
+           f"{len(drop_ref)} reference(s); by reason {dict((k, v) for k, v in res.counts().items() if v)}")
+    log.info(msg)
+    print(msg)
+    _log_input_filter(cfg, res, counts)
+    return plan_index, ref_index, res
+
+
+def _log_input_filter(cfg: RunConfig, res: Any, counts: dict[str, int]) -> None:
+    """Metrics ``input_filter.*``, ``input_filter/dropped.json`` and a grid of dropped images
+    into the active MLflow run; nothing when tracking is off or no run is active."""
+    if not cfg.tracking.enabled or "mlflow" not in sys.modules:  # no run can be active without mlflow imported
+        return
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from augment import tracking
+
+    if mlflow.active_run() is None:
+        return
+    tracking.metrics_to_mlflow({f"input_filter.{k}": v for k, v in counts.items()})
+    mlflow.log_text(json.dumps({"counts": counts, "dropped": {k: list(v) for k, v in res.dropped.items()}}, indent=1),
+                    "input_filter/dropped.json")
+    if res.thumbnails:
+        from augment.evaluation.plots import image_grid, save_figure
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "dropped.png"
+            save_figure(image_grid(list(res.thumbnails.values()), [f"{res.reason(k)} {k[:16]}" for k in res.thumbnails]), path)
+            mlflow.log_artifact(str(path), "input_filter")
 
 
 def near_copy_bank_index(cfg: RunConfig, train_index: NIHIndex) -> str:
@@ -193,8 +259,9 @@ def run_augment(
     check_paths(cfg, {"classifier checkpoint": classifier_checkpoint, "generator checkpoint": generator_checkpoint},
                 data=False)
     fingerprint = generator_fingerprint(generator_checkpoint)
+    plan_index, ref_index, filtered = filter_inputs(cfg, train_index)
     plan = plan_augmentation(
-        train_index, list(cfg.augment.findings), cfg.augment.target_count, cfg.augment.max_per_finding,
+        plan_index, list(cfg.augment.findings), cfg.augment.target_count, cfg.augment.max_per_finding,
         cfg.augment.seed, generator=fingerprint,
     )
     plan_ids = [i.item_id for i in plan]
@@ -216,7 +283,7 @@ def run_augment(
 
     bank_index = ""
     if todo:
-        bank = bank or build_bank(cfg, train_index, classifier_checkpoint)
+        bank = bank or build_bank(cfg, ref_index, classifier_checkpoint)
         bank_index = near_copy_bank_index(cfg, train_index)  # the gate actors map it, reading no image
         if use_ray:
             for attempt in range(1, cfg.augment.max_attempts + 1):
@@ -259,6 +326,7 @@ def run_augment(
         stage_seconds=stage_seconds,
         generator_fingerprint=fingerprint,
         bank_index=bank_index,
+        input_filter=filtered.summary() if filtered is not None else {},
     )
 
 
@@ -292,11 +360,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.augment", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/local.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--classifier", required=True, help="classifier checkpoint (path or MLflow URI)")
-    p.add_argument("--generator", required=True, help="generator checkpoint (path or MLflow URI)")
+    p.add_argument("--classifier", help="classifier checkpoint (path or MLflow URI); required unless --dry-run")
+    p.add_argument("--generator", help="generator checkpoint (path or MLflow URI); required unless --dry-run")
     p.add_argument("--no-ray", action="store_true", help="run the steps in this process, without Ray")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan per finding, the reference bank and the expected time from the Data_Entry "
+                        "table alone: no Ray, no model, no image read (the input filter is skipped)")
+    p.add_argument("--data-entry", help="dry run: NIH folder or Data_Entry CSV to plan from (default data.root)")
+    p.add_argument("--per-item-seconds", type=float,
+                   help="dry run: seconds per item on this machine (default: measured on the 2-core VM, see docs/benchmarks.md)")
+    p.add_argument("--per-item-seconds-gpu", type=float,
+                   help="dry run: seconds per item on one GPU worker (not measured here: an assumption you pass)")
+    p.add_argument("--gpu-workers", type=int, default=1, help="dry run: GPU workers sharing the items")
     args = p.parse_args(argv)
+    if not args.dry_run and (not args.classifier or not args.generator):
+        p.error("--classifier and --generator are required (or pass --dry-run to plan only)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.dry_run:
+        from augment.augmentation.dry_run import dry_run, format_dry_run
+
+        try:
+            cfg = load_config(args.config, args.overrides)
+            d = dry_run(cfg, args.data_entry, args.per_item_seconds, args.per_item_seconds_gpu, args.gpu_workers)
+        except (ConfigError, DataError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_dry_run(d))
+        return 0
     try:
         cfg = load_config(args.config, args.overrides)
         check_paths(cfg, {"--classifier": args.classifier, "--generator": args.generator})

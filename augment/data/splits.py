@@ -82,7 +82,8 @@ def split_index(
     else:
         val_pids, test_pids = _patient_partition(pids, (val_fraction, test_fraction), seed)
         method = "patient-seeded"
-    train = [r.image_index for r in recs if r.patient_id not in val_pids | test_pids]
+    held_out = val_pids | test_pids  # once: rebuilding the union per row made NIH scale take a minute
+    train = [r.image_index for r in recs if r.patient_id not in held_out]
     val = [r.image_index for r in recs if r.patient_id in val_pids]
     test = [r.image_index for r in recs if r.patient_id in test_pids]
     if not train or not val or not test:
