@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from augment.data.io import read_image, resize
+from augment.data.io import ImageReadError, read_image, resize
 
 if TYPE_CHECKING:  # pragma: no cover
     from augment.config import InputFilterConfig
@@ -69,6 +69,7 @@ class InputFilterResult:
         scores: metric name -> (N,) float array aligned with ``ids`` (NaN where not computed).
         population_checked: whether the exposure and PCA-outlier checks ran.
         thumbnails: dropped id -> its (S, S) image as scored, for an example grid.
+        unreadable: ids whose file could not be read (kept, unscored; :func:`filter_index`).
     """
 
     ids: tuple[str, ...]
@@ -77,6 +78,7 @@ class InputFilterResult:
     scores: dict[str, np.ndarray]
     population_checked: bool
     thumbnails: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    unreadable: tuple[str, ...] = ()
 
     def reason(self, image_id: str) -> str | None:
         """The main reason ``image_id`` was dropped, None when it was kept."""
@@ -89,8 +91,9 @@ class InputFilterResult:
         return {k: int(c.get(k, 0)) for k in REASONS}
 
     def summary(self) -> dict[str, int]:
-        """Flat counts: ``scored``, ``kept``, ``dropped`` and ``dropped.<reason>``."""
-        out = {"scored": len(self.ids), "kept": len(self.kept), "dropped": len(self.dropped)}
+        """Flat counts: ``scored``, ``kept``, ``dropped``, ``unreadable`` and ``dropped.<reason>``."""
+        out = {"scored": len(self.ids), "kept": len(self.kept), "dropped": len(self.dropped),
+               "unreadable": len(self.unreadable)}
         out.update({f"dropped.{k}": v for k, v in self.counts().items()})
         return out
 
@@ -285,13 +288,31 @@ def filter_index(
 ) -> InputFilterResult:
     """Read ``records`` of ``index`` at ``cfg.image_size`` and filter them (see :func:`filter_images`).
 
-    Raises:
-        ImageReadError: an image is missing or unreadable (as elsewhere in the job).
+    A file that cannot be read is not judged here: it is kept, listed in
+    :attr:`InputFilterResult.unreadable` with NaN scores, and the job's per-item path records
+    it (an item on it is rejected as ``unreadable_source``), as without the filter.
     """
-    imgs = []
+    imgs, ok, bad = [], [], []
     for k, r in enumerate(records, 1):
-        imgs.append(read_image(index.path(r), cfg.image_size))
+        try:
+            imgs.append(read_image(index.path(r), cfg.image_size))
+            ok.append(r)
+        except ImageReadError as exc:
+            bad.append(r.image_index)
+            log.warning("input filter: %s; left to the job, which counts it", exc)
         if progress_every and k % progress_every == 0:
             log.info("input filter: read %d/%d images", k, len(records))
     arr = np.stack(imgs) if imgs else np.zeros((0, cfg.image_size, cfg.image_size), np.float32)
-    return filter_images([r.image_index for r in records], arr, cfg, views=[r.view for r in records])
+    res = filter_images([r.image_index for r in ok], arr, cfg, views=[r.view for r in ok])
+    if not bad:
+        return res
+    ids = tuple(r.image_index for r in records)
+    pos = {k: i for i, k in enumerate(res.ids)}
+    rows = [pos.get(k, -1) for k in ids]
+    scores = {}
+    for name, v in res.scores.items():
+        full = np.full(len(ids), np.nan)
+        full[[i for i, j in enumerate(rows) if j >= 0]] = v
+        scores[name] = full
+    return replace(res, ids=ids, kept=tuple(k for k in ids if k not in res.dropped), scores=scores,
+                   unreadable=tuple(bad))

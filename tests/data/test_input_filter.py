@@ -159,3 +159,20 @@ def test_config_section_defaults_and_unknown_keys():
     assert not load_config(None, ["input_filter.enabled=false"]).input_filter.enabled
     with pytest.raises(ConfigError, match="input_filter.enabeld: unknown key"):
         load_config(None, ["input_filter.enabeld=false"])
+
+
+def test_unreadable_file_is_left_to_the_job(tmp_path):
+    """A corrupt PNG is not judged by the filter: kept, listed, NaN scores (the job records it per item)."""
+    from augment.config import PhantomConfig
+    from augment.data import load_index
+    from augment.data.input_filter import filter_index
+    from augment.data.phantom import generate_phantom
+
+    generate_phantom(PhantomConfig(n_images=24, image_size=SIZE, seed=5), tmp_path / "ph")
+    index = load_index(tmp_path / "ph")
+    broken = index.records[3].image_index
+    (tmp_path / "ph" / "images" / broken).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    res = filter_index(index, index.records, InputFilterConfig(min_population=10))
+    assert res.unreadable == (broken,) and broken in res.kept and broken not in res.dropped
+    assert len(res.ids) == len(index.records) and np.isnan(res.scores["mean"][3])
+    assert res.summary()["unreadable"] == 1
