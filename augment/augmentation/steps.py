@@ -189,12 +189,14 @@ class GateStep:
         self.embed_fn = lambda x: embed_images(self.model, x)
         self._gate = evaluate_gate
         self.bank = None
+        t0 = time.perf_counter()
         if isinstance(bank_index, NIHIndex):
             log.warning("GateStep got the training index, not a near-copy bank index: reading all %d training images "
                         "in this actor; pass build_bank_index's folder instead", len(bank_index))
             self.bank = _bank_from_images(cfg, bank_index, self.embed_fn)
         elif bank_index is not None:
             self.bank = load_bank_index(bank_index)
+        self.bank_seconds = time.perf_counter() - t0  # this actor's cost of its near-copy bank
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["item_id"])
