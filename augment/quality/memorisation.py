@@ -5,7 +5,9 @@ would only find the source again. The pixel distance is therefore measured **ins
 repainted region**: the RMS difference, over the mask's pixels, between the synthetic
 image and each training image (at ``bank_image_size``), i.e. "did the generator paste in a
 training image's content at this place?". The embedding distance is the cosine distance of
-classifier embeddings (whole image). The synthetic image's own source, and every other
+whole-image embeddings in the bank's feature space: the bank index's own encoder (trained on
+the real training images, never selected in by the gate), or whatever ``embed_fn`` an
+in-memory bank was built with. The synthetic image's own source, and every other
 image of the source's patient (NIH follow-ups of one chest), are excluded from both
 searches, since they share the image outside the mask by construction.
 
@@ -181,7 +183,7 @@ class TrainingBank:
         Args:
             images: the training images.
             ids: one id per image.
-            embed_fn: classifier embedding (computed in batches of ``batch_size``); None
+            embed_fn: the embedding (computed in batches of ``batch_size``); None
                 skips the embedding check.
             size: stored side length.
         """
