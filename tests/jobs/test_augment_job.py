@@ -100,6 +100,8 @@ def test_plain_loop_writes_every_planned_item_once(setup, tmp_path):
     assert len(rows) == 6
     assert {r["finding"] for r in rows} == {"Cardiomegaly", "Effusion"}
     assert set(res.stage_seconds) == {"register", "inpaint", "gate", "write"}
+    # the gate searched a near-copy index built once for the training split, under the run's stages
+    assert (Path(res.bank_index) / "index.json").is_file() and Path(res.bank_index).parent.parent == root / "runs" / "stages"
     for r in rows:
         folder = "images" if r["accepted"] == "True" else "rejected"
         assert (tmp_path / "pool" / folder / r["image"]).is_file()
