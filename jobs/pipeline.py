@@ -152,7 +152,7 @@ def _augment_stage(
     key = stage_key(
         {"augment": cfg.augment.model_dump(mode="json"), "quality": cfg.quality.model_dump(mode="json"),
          "registration": cfg.registration.model_dump(mode="json"), "attention": cfg.attention.model_dump(mode="json"),
-         "generator": generator_fingerprint(generator_ckpt)},
+         "input_filter": cfg.input_filter.model_dump(mode="json"), "generator": generator_fingerprint(generator_ckpt)},
         upstream,
     )
     # The pool lives beside the stage folders under a key of its own: a re-run with the
