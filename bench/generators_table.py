@@ -115,18 +115,21 @@ def markdown(res: dict[str, Any]) -> str:
     old = [k for k, r in res["generators"].items() if r["realism"] and not r["realism"].get("real_disjoint_from_sources")]
     lines += ["Real side: images of patients that gave no source to the pool. Two-sample AUC: grouped k-fold by "
               "patient/source, mean over repeats, 95% interval from a bootstrap over groups, the repeats' range beside it. "
-              "Pixel FID and KID (32x32 pixels, a space the gate never selected in); the gate classifier's own embedding "
+              "FID and KID in 32x32 pixels and in an autoencoder trained on the real training images (spaces the gate never "
+              "selected in); the gate classifier's own embedding "
               "last, for reference only." + (f" Not yet re-measured this way: {', '.join(old)}." if old else ""), "",
               "| generator | accepted / items | FID, 32x32 pixels [95%] | KID, 32x32 pixels (± sd) | "
+              "FID, autoencoder of real training images [95%] | KID, autoencoder (± sd) | "
               "two-sample AUC, whole image [95%] | two-sample AUC, crops [95%] | near-copies / training images searched | "
               "real / synthetic evaluated | FID, gate classifier's embedding [95%] |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for kind, r in res["generators"].items():
         acc = r["acceptance"]
         rl = r["realism"] or {}
         fid, ts = rl.get("fid") or {}, rl.get("two_sample") or {}
         acc_s = "n/a" if not acc else (f"{acc['accepted']} / {acc['items']}" if acc.get("gated", True) else f"not gated / {acc['items']}")
         lines.append(f"| {kind} | {acc_s} | {iv(fid.get('pixels'), 'fid', '{:.2f}')} | {kid(fid.get('pixels'))} | "
+                     f"{iv(fid.get('encoder'), 'fid', '{:.1f}')} | {kid(fid.get('encoder'))} | "
                      f"{auc(ts.get('image'))} | {auc(ts.get('crop'))} | {rl.get('near_copies', 'n/a')} / "
                      f"{rl.get('near_copy_train_images', 'n/a')} | {rl.get('n_real', 'n/a')} / {rl.get('n_synthetic', 'n/a')} | "
                      f"{iv(fid.get('classifier'), 'fid', '{:.2f}')} |")
