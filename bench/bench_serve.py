@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "services"))
 sys.path.insert(0, str(REPO / "bench"))
 
+from overload import percentile as _percentile  # noqa: E402
 from serve_process import free_port, serve_env, start_serve, stop_serve, wait_ready, write_serve_config  # noqa: E402
 from tiny_models import build_tiny_setup  # noqa: E402
 
@@ -44,15 +45,6 @@ def _machine() -> dict:
     from bench_classifier import _machine as machine
 
     return {**machine(), "load_1min_before": round(os.getloadavg()[0], 2)}
-
-
-def _percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    if not xs:
-        return float("nan")
-    k = (len(xs) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
 async def _level(base: str, headers: dict, body: bytes, concurrency: int, n: int, finding: str) -> dict:
