@@ -401,6 +401,7 @@ class ServeConfig(StageConfig):
     generator: str | None = Field(None, description="inpainting checkpoint or MLflow model URI; default <output_dir>/generator/generator.pt")
     references: str | None = Field(None, description="NIH-layout folder of diseased reference images; default the profile's data root")
     references_per_finding: int = Field(32, ge=1, le=4096, description="diseased references kept in memory per finding")
+    example_sources: int = Field(8, ge=0, le=64, description="healthy example sources offered by /v1/examples and the page: the first N 'No Finding' images of the references folder; 0 disables")
     max_upload_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest accepted image file; larger answers 413")
     min_image_side: int = Field(32, ge=8, description="smaller images answer 422")
     max_image_side: int = Field(4096, ge=32, le=16384, description="larger images answer 422")

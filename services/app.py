@@ -14,7 +14,8 @@ limits, batching and the API token (see :mod:`services.auth`).
 
 Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``): ``POST /v1/generate``,
 ``POST /v1/inpaint``, ``POST /v1/register``, ``GET /v1/findings``, ``GET /v1/models``,
-``GET /healthz`` (no token) and a page at ``/``. Ray Serve's metrics (and ``cxr_*``
+``GET /v1/examples`` and ``GET /v1/examples/{id}`` (healthy example sources, see
+``serve.example_sources``), ``GET /healthz`` (no token) and a page at ``/``. Ray Serve's metrics (and ``cxr_*``
 application metrics) are exported on each Ray node's metrics port.
 
 Before FastAPI reads a body, three ASGI middlewares run, in this order: the token check
@@ -36,6 +37,7 @@ from typing import Any, Callable, Literal, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -50,9 +52,11 @@ from augment.findings import ALIASES, FINDINGS
 from services.admission import Admission, AdmissionMiddleware, arrival, await_with_deadline
 from services.auth import TokenMiddleware, TokenSource, bearer_scheme, check_authorization
 from services.deployments import USER_CONFIG_KEYS, Generator
-from services.errors import ERROR_RESPONSES, ApiError, from_payload, install_error_handlers
+from services.errors import ERROR_RESPONSES, ApiError, ErrorResponse, from_payload, install_error_handlers
 from services.page import PAGE
 from services.schemas import (
+    ExampleInfo,
+    ExamplesResponse,
     FindingInfo,
     FindingsResponse,
     GenerateResponse,
@@ -327,6 +331,32 @@ class Ingress:
              responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]}, summary="Loaded models and settings")
     async def models(self) -> dict[str, Any]:
         return await self._call(None, "info")
+
+    @api.get("/v1/examples", response_model=ExamplesResponse, tags=["catalogue"], dependencies=[Depends(require_token)],
+             responses={401: ERROR_RESPONSES[401], 503: ERROR_RESPONSES[503]}, summary="Healthy example sources")
+    async def examples(self) -> ExamplesResponse:
+        out = await self._call(None, "examples")
+        return ExamplesResponse(examples=[ExampleInfo(**e) for e in out["examples"]])
+
+    @api.get(
+        "/v1/examples/{example_id}",
+        response_class=Response,
+        tags=["catalogue"],
+        dependencies=[Depends(require_token)],
+        responses={
+            200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "the example's PNG"},
+            401: ERROR_RESPONSES[401],
+            404: {"model": ErrorResponse, "description": "no example source with that id (unknown_example)"},
+            503: ERROR_RESPONSES[503],
+        },
+        summary="One healthy example source as PNG (a body for /v1/generate)",
+    )
+    async def example(
+        self, example_id: str = PathParam(..., min_length=1, max_length=128, description="an id from GET /v1/examples"),
+    ) -> Response:
+        out = await self._call(None, "example", example_id)
+        return Response(out["png"], media_type="image/png", headers={"Cache-Control": "private, max-age=3600",
+                                                                     "X-CXR-Example": out["id"]})
 
     # ------------------------------------------------------------------ generate
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import secrets
 import time
@@ -34,7 +35,7 @@ from augment.findings import FINDINGS
 
 log = logging.getLogger("cxr.serve")
 
-__all__ = ["Generator", "USER_CONFIG_KEYS", "error_dict", "public_message", "public_location"]
+__all__ = ["Generator", "USER_CONFIG_KEYS", "error_dict", "public_message", "public_location", "json_safe"]
 
 USER_CONFIG_KEYS = ("classifier", "generator", "references", "batching", "max_batch_size", "batch_wait_timeout_s")
 
@@ -65,6 +66,24 @@ def public_location(uri: Any) -> Any:
     if not isinstance(uri, str) or "://" in uri and not uri.startswith("file://") or uri.startswith(("runs:/", "models:/")):
         return uri
     return PurePath(uri.removeprefix("file://")).name
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can carry it: tuples as lists, NumPy/torch scalars and arrays as numbers and
+    lists, non-finite floats (NaN, inf: JSON has none) as ``None``."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.detach().cpu().tolist())
+    if isinstance(value, (np.ndarray, np.generic)):
+        return json_safe(value.tolist())
+    return str(value)
 
 
 def _as_error(exc: Exception, known: list[str]) -> dict[str, Any]:
@@ -101,6 +120,8 @@ class Generator:
         self._bundle = None
         self._serve_cfg: ServeConfig = self.cfg.serve
         self._loaded_from: tuple[str, str, str] | None = None
+        self._examples: dict[str, Any] = {}  # id -> augment.generation.bundle.Example
+        self._examples_from: tuple[str, int] | None = None
         self._instance = secrets.token_hex(4)  # tells replicas apart (and restarts) without naming a PID
         self._metrics = _Metrics()
         # The builder always passes a user_config, so Serve calls reconfigure before the
@@ -126,8 +147,27 @@ class Generator:
             self._bundle, self._loaded_from = bundle, key
             log.info("models loaded from %s in %.1f s", key, time.perf_counter() - t0)
         self._serve_cfg = serve_cfg
+        self._load_examples(spec.references, serve_cfg)
         self._generate_batched.set_max_batch_size(serve_cfg.max_batch_size)
         self._generate_batched.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
+
+    def _load_examples(self, references: str, serve_cfg: ServeConfig) -> None:
+        """The healthy example sources: the first ``serve.example_sources`` No Finding images of the
+        reference folder that ``/v1/generate`` would accept (its upload limits)."""
+        from augment.generation.bundle import healthy_examples
+        from services.uploads import decode_upload
+
+        key = (str(references), serve_cfg.example_sources)
+        if key == self._examples_from:
+            return
+        try:
+            found = healthy_examples(references, serve_cfg.example_sources, accept=lambda ex: decode_upload(ex.png, ex.id, serve_cfg))
+        except Exception:  # e.g. an unreadable CSV: the service still generates, it offers no examples
+            log.exception("healthy example sources could not be read")
+            found = []
+        self._examples = {ex.id: ex for ex in found}
+        self._examples_from = key
+        log.info("%d healthy example source(s) of %d asked", len(found), serve_cfg.example_sources)
 
     def _warm_up(self, bundle) -> None:
         """One tiny generation, so the first request does not pay for lazy initialisation."""
@@ -171,6 +211,23 @@ class Generator:
                        "max_upload_bytes": s.max_upload_bytes, "max_image_side": s.max_image_side,
                        "request_timeout_s": s.request_timeout_s},
         }
+
+    # ------------------------------------------------------------------ examples
+
+    def examples(self) -> dict[str, Any]:
+        """The healthy example sources (``/v1/examples``): id (NIH Image Index), size and bit depth."""
+        self._require()
+        return {"examples": [{"id": e.id, "width": e.width, "height": e.height, "bits": e.bits} for e in self._examples.values()]}
+
+    def example(self, example_id: str) -> dict[str, Any]:
+        """One example source's PNG bytes, or a 404 error dict naming the known ids."""
+        self._require()
+        ex = self._examples.get(str(example_id))
+        if ex is None:
+            shown = str(example_id)[:64]
+            return error_dict(404, "unknown_example", f"no example source {shown!r}; GET /v1/examples lists them",
+                              known=list(self._examples))
+        return {"id": ex.id, "png": ex.png, "width": ex.width, "height": ex.height, "bits": ex.bits}
 
     # ------------------------------------------------------------------ generate
 
@@ -247,6 +304,7 @@ class Generator:
                     "margin": s.decision.margin,
                     "outside_max_abs_diff": s.decision.outside_max_abs_diff,
                     "mask_fraction": s.decision.mask_fraction,
+                    "gate": json_safe(s.decision.to_dict()),
                     "proba_after": s.proba_after,
                     "references": [ref.__dict__ for ref in s.references],
                 }

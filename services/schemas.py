@@ -16,6 +16,8 @@ __all__ = [
     "RegisterResponse",
     "FindingInfo",
     "FindingsResponse",
+    "ExampleInfo",
+    "ExamplesResponse",
     "Health",
 ]
 
@@ -44,6 +46,11 @@ class SampleOut(BaseModel):
     margin: float = Field(description="the rise the gate requires")
     outside_max_abs_diff: float
     mask_fraction: float
+    gate: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the quality gate's whole decision (GateDecision.to_dict(): accepted, reasons, rise, margin and any "
+        "other checks such as verifier_* or judges); tuples as lists, non-finite numbers as null",
+    )
     proba_after: dict[str, float]
     references: list[ReferenceInfo]
 
@@ -117,6 +124,19 @@ class FindingInfo(BaseModel):
 class FindingsResponse(BaseModel):
     findings: list[FindingInfo]
     available: list[str]
+
+
+class ExampleInfo(BaseModel):
+    id: str = Field(description="the healthy image's NIH Image Index; GET /v1/examples/{id} returns its PNG")
+    width: int
+    height: int
+    bits: int = Field(description="bit depth of the PNG (8 or 16)")
+
+
+class ExamplesResponse(BaseModel):
+    examples: list[ExampleInfo] = Field(
+        description="healthy example sources (images labelled No Finding in the reference folder; serve.example_sources of them)"
+    )
 
 
 class Health(BaseModel):

@@ -9,12 +9,13 @@ the same way; nothing here imports Ray.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -23,7 +24,8 @@ from augment.findings import FINDINGS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelBundle", "ModelSpec", "load_bundle", "resolve_checkpoint", "default_locations", "pick_device"]
+__all__ = ["ModelBundle", "ModelSpec", "Example", "load_bundle", "healthy_examples", "resolve_checkpoint", "default_locations",
+           "pick_device"]
 
 GENERATOR_NAME = "generator.pt"
 
@@ -133,6 +135,64 @@ def _reference_bank(root: Path, cfg: RunConfig, classifier: torch.nn.Module, siz
             "point serve.references at an NIH-layout folder with diseased images"
         )
     return ReferenceBank(ids, labels, images, maps)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A healthy radiograph offered as a source (``/v1/examples``).
+
+    Attributes:
+        id: its NIH Image Index (a file name, never a path).
+        width, height: its size in pixels.
+        bits: 8 or 16, the bit depth of ``png``.
+        png: the image as grayscale PNG bytes (re-encoded, so an RGB(A) file arrives as grayscale).
+    """
+
+    id: str
+    width: int
+    height: int
+    bits: int
+    png: bytes
+
+
+def healthy_examples(root: str | os.PathLike, n: int, accept: Callable[[Example], None] | None = None) -> list[Example]:
+    """The first ``n`` images labelled ``No Finding`` of an NIH-layout folder, in CSV order.
+
+    Args:
+        root: the folder (``Data_Entry_2017.csv`` and ``images/``), e.g. the reference folder.
+        n: how many; 0 gives none (the folder is not read).
+        accept: optional check of each candidate (e.g. the service's upload limits); an
+            exception skips the image, which is logged, and the next one is tried.
+
+    Unreadable images are skipped the same way; fewer than ``n`` come back when the folder
+    has fewer usable healthy images.
+    """
+    from PIL import Image
+
+    from augment.data.io import decode_image, encode_png
+    from augment.data.nih import load_index
+
+    if n <= 0:
+        return []
+    root = Path(str(root).removeprefix("file://"))
+    index = load_index(root, on_bad_row="skip")
+    out: list[Example] = []
+    for rec in index.healthy():
+        if len(out) >= n:
+            break
+        try:
+            data = index.path(rec).read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
+                bits = 16 if img.mode.startswith("I") else 8
+            pixels = decode_image(data, name=rec.image_index)
+            ex = Example(rec.image_index, int(pixels.shape[1]), int(pixels.shape[0]), bits, encode_png(pixels, bits=bits))
+            if accept is not None:
+                accept(ex)
+        except Exception as exc:  # one bad file must not hide the others
+            log.warning("healthy example %s skipped: %s", rec.image_index, exc)
+            continue
+        out.append(ex)
+    return out
 
 
 def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.device | str | None = None) -> ModelBundle:
