@@ -19,6 +19,20 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first, pinned: they come from this machine's disk (see README)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[test]"
+	@# The page's browser test (tests/services/test_page_browser.py) drives Debian's chromium through
+	@# chromium-driver; without them it is skipped. Installed here when missing and we are root with
+	@# apt-get; a failure only prints a note (the log is $(VENV)/apt-chromium.log).
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get) for the page's browser test"; \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+	      || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }; \
+	    } >$(VENV)/apt-chromium.log 2>&1 \
+	      || echo "note: chromium/chromium-driver could not be installed (see $(VENV)/apt-chromium.log); the browser test will be skipped"; \
+	  else \
+	    echo "note: chromium or chromedriver not found and not root with apt-get: the browser test will be skipped"; \
+	  fi; \
+	fi
 	@touch $(STAMP)
 
 install: $(STAMP)
