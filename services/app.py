@@ -347,6 +347,7 @@ class Ingress:
             200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "the example's PNG"},
             401: ERROR_RESPONSES[401],
             404: {"model": ErrorResponse, "description": "no example source with that id (unknown_example)"},
+            422: {"model": ErrorResponse, "description": "an id longer than 128 characters"},
             503: ERROR_RESPONSES[503],
         },
         summary="One healthy example source as PNG (a body for /v1/generate)",
