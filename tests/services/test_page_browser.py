@@ -226,3 +226,31 @@ def test_the_verdict_shows_whatever_the_gate_reports(service, browser):
     assert rows["judges"] == "verifier, classifier" and rows["rise"] == "0.25" and rows["pixel_nn_distance"] == "n/a"
     assert set(names[:4]) == {"verifier_before", "verifier_after", "verifier_threshold", "judges"}  # shown first
     assert "source_id" not in rows and "findings" not in rows  # text fields are not numbers
+
+
+def test_an_uploaded_png_is_a_source_too(service, browser):
+    from selenium.webdriver.common.by import By
+
+    from augment.config import load_config
+    from augment.data.nih import load_index
+
+    index = load_index(load_config(service.profile).serve.references)
+    png = index.path(index.healthy()[-1]).resolve()
+    d = browser
+    d.get(service.base + "/")
+    _wait(d, "return document.readyState === 'complete'", 30, "the page to load")
+    d.execute_script("sessionStorage.clear()")
+    d.get(service.base + "/")
+    d.find_element(By.ID, "token").send_keys(service.token)
+    d.find_element(By.ID, "use-token").click()
+    _wait(d, "return document.getElementById('notice').classList.contains('ok')", 60, "the token to be accepted")
+    d.find_element(By.ID, "file").send_keys(str(png))
+    _wait(d, "const i = document.getElementById('in'); return i.complete && i.naturalWidth > 0 && i.getClientRects().length > 0",
+          30, "the uploaded input")
+    assert f"upload {png.name}" in d.find_element(By.ID, "status").text
+    assert all(b.get_attribute("aria-pressed") == "false" for b in d.find_elements(By.CSS_SELECTOR, "button.example"))
+    d.find_element(By.ID, "go").click()
+    _wait(d, "const v = document.getElementById('verdict'); return !v.hidden && /accepted|rejected/.test(v.textContent)", 180,
+          "the gate's verdict")
+    _wait(d, "const i = document.getElementById('out'); return i.complete && i.naturalWidth > 0", 30, "the result image")
+    assert d.execute_script(BROKEN_VISIBLE_IMAGES) == []
