@@ -187,6 +187,16 @@ class InpaintingConfig(StageConfig):
     atol: float = Field(1e-3, gt=0.0, description="dopri5 absolute tolerance (torchdiffeq's default 1e-9 costs 3-6x more evaluations)")
     rtol: float = Field(1e-3, gt=0.0, description="dopri5 relative tolerance")
     guidance: float = Field(1.5, ge=0.0)
+    coupling: Literal["noise", "lesion"] = Field(
+        "lesion", description="where the ODE starts inside the region: noise = from N(0, 1) at t=0 (invent the finding); "
+        "lesion = at t=coupling_t0 from the interpolant's point between noise and the reference's real lesion carried onto "
+        "the source (its position by the field, its shape kept), so the flow harmonises a real lesion"
+    )
+    coupling_t0: float = Field(0.5, ge=0.0, lt=1.0, description="start time of the lesion coupling: 0 ignores the lesion, near 1 keeps it as pasted")
+    region_margin: int = Field(
+        4, ge=0, le=64, description="working-resolution pixels the repainted region extends beyond the lesion (lesion coupling), "
+        "so the flow draws the lesion's boundary itself"
+    )
     bf16: bool = True
     seed: int = Field(0, ge=0, description=SEED_HELP)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -273,6 +283,51 @@ class QualityConfig(StageConfig):
         "other-patient nearest-neighbour distances of the training bank)",
     )
     bank_image_size: int = Field(64, ge=8, le=1024, description="side length training images are kept at for the pixel nearest-neighbour check")
+    judge: Literal["verifier", "classifier"] = Field(
+        "verifier", description="verifier: the local finding verifier's probability on the painted crop must pass its "
+        "validation threshold and rise over the source's crop; classifier: the whole-image classifier's rise only (the paper's gate)"
+    )
+    verifier_margin: float = Field(0.0, ge=0.0, le=1.0, description="required rise of the verifier's probability over the source's crop")
+    classifier_judge: Literal["auto", "always", "never"] = Field(
+        "auto", description="with judge verifier, also require the classifier's rise: auto = for findings whose "
+        "validation AUC reaches classifier_auc_floor, always, or never"
+    )
+    classifier_auc_floor: float = Field(0.85, ge=0.5, le=1.0)
+
+
+class VerifierConfig(StageConfig):
+    """The local finding verifier (:mod:`augment.quality.verifier`): a small network over crops
+    centred on a region that says whether the crop shows a finding. The gate's judge."""
+
+    findings: list[str] | None = Field(
+        None, description="findings it learns; default augment.findings (a finding without training regions is skipped, with a warning)"
+    )
+    crop_size: int = Field(32, ge=8, le=1024, description="side of the crop around a region, in working-resolution pixels (data.image_size)")
+    input_size: int = Field(32, ge=8, le=256, description="the network's input side; crops are resized to it")
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64], description="conv widths, one stride-2 level each")
+    negatives_per_positive: int = Field(3, ge=1, le=50, description="crops of the same place in images without the finding, per positive")
+    hard_negatives: list[Literal["noise", "mean", "blur"]] = Field(
+        default_factory=lambda: ["noise", "mean", "blur"],
+        description="the finding's region in a healthy crop filled with matched noise, its mean, or a blur of its surroundings: "
+        "negatives that teach 'the finding', not 'something changed'",
+    )
+    positive_jitter: int = Field(3, ge=0, le=64, description="training positives are re-centred up to this many pixels off the region")
+    positive_repeats: int = Field(4, ge=1, le=64, description="each positive region is cropped this many times (jittered, flipped)")
+    epochs: int = Field(25, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-3, gt=0.0)
+    max_regions: int = Field(400, ge=1, description="positive regions read per finding (a random subset of larger sets)")
+    min_val_positives: int = Field(
+        3, ge=1, description="a finding with fewer validation regions takes its threshold from 3-fold cross-validation on training regions"
+    )
+    seed: int = Field(0, ge=0, description=SEED_HELP)
+
+    @field_validator("findings")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            _check_findings(v, "verifier.findings")
+        return v
 
 
 class AugmentConfig(StageConfig):
@@ -439,6 +494,7 @@ class RunConfig(StageConfig):
     classifier: ClassifierConfig = ClassifierConfig()
     attention: AttentionConfig = AttentionConfig()
     quality: QualityConfig = QualityConfig()
+    verifier: VerifierConfig = VerifierConfig()
     augment: AugmentConfig = AugmentConfig()
     input_filter: InputFilterConfig = InputFilterConfig()
     utility: UtilityConfig = UtilityConfig()

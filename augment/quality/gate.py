@@ -1,4 +1,15 @@
-"""The acceptance gate: keep a synthetic image only when the classifier now sees the finding.
+"""The acceptance gate: keep a synthetic image only when a judge now sees the finding there.
+
+The judge (``quality.judge``) is the local finding verifier by default
+(:mod:`augment.quality.verifier`): its probability of each target finding on the crop around
+the painted region must reach the threshold chosen for that finding on validation crops
+(``not_seen`` otherwise) and rise over the source's crop by more than
+``quality.verifier_margin`` (``no_verifier_rise``); a target the verifier was not trained on is
+``unverifiable``. The whole-image classifier's rise (the source paper's criterion) is then a
+second judge for the findings the caller names (``classifier_findings``: with
+``quality.classifier_judge: auto`` those whose validation AUC reaches
+``quality.classifier_auc_floor``), or the only judge with ``quality.judge: classifier`` or
+without a verifier.
 
 A synthetic image is accepted when all of these hold (each is recorded with its number):
 
@@ -6,9 +17,8 @@ A synthetic image is accepted when all of these hold (each is recorded with its 
 * ``in_range``: every pixel in [0, 1];
 * ``outside_unchanged``: the largest change outside the mask is at most
   ``outside_tolerance``;
-* ``rise``: the classifier's probability of each target finding rose by at least
-  ``margin`` over the healthy source (the source paper's criterion); with several target
-  findings the smallest rise counts;
+* the judges above (``rise``: the classifier's probability of each judged target rose by at
+  least ``margin`` over the healthy source; with several targets the smallest rise counts);
 * ``not a near-copy``: the nearest training image (the source's patient excluded) is at
   least ``min_pixel_distance`` away in RMS over the mask, and at least
   min(``min_embedding_distance``, the ``near_copy_quantile`` of real-to-real distances
@@ -39,7 +49,8 @@ __all__ = ["ProbFn", "GateDecision", "evaluate_gate", "acceptance_summary", "REA
 ProbFn = Callable[[torch.Tensor], torch.Tensor]
 """prob_fn(images (B, 1, H, W) in [0, 1]) -> (B, 14) probabilities over FINDINGS."""
 
-REASONS = ("not_finite", "out_of_range", "outside_changed", "empty_mask", "no_rise", "pixel_near_copy", "embedding_near_copy")
+REASONS = ("not_finite", "out_of_range", "outside_changed", "empty_mask", "no_rise", "not_seen", "no_verifier_rise",
+           "unverifiable", "pixel_near_copy", "embedding_near_copy")
 """Every reason a decision can give for a rejection."""
 
 
@@ -61,6 +72,10 @@ class GateDecision:
         pixel_nn_distance, pixel_nn_id: nearest training image over the mask (None: no bank).
         embedding_nn_distance, embedding_nn_id: nearest training embedding (None: not checked).
         source_id: the healthy source's id, when given.
+        verifier_before, verifier_after: the verifier's probability of each target on the
+            source's and the synthetic image's crop (empty when it did not judge).
+        verifier_threshold: its threshold for each target.
+        judges: which judges decided (``verifier``, ``classifier``).
     """
 
     accepted: bool
@@ -79,6 +94,10 @@ class GateDecision:
     embedding_nn_distance: float | None = None
     embedding_nn_id: str | None = None
     source_id: str | None = None
+    verifier_before: tuple[float, ...] = ()
+    verifier_after: tuple[float, ...] = ()
+    verifier_threshold: tuple[float, ...] = ()
+    judges: tuple[str, ...] = ("classifier",)
 
     def to_dict(self) -> dict[str, Any]:
         """A flat, JSON-ready dict (tuples as lists, findings joined by ``|``)."""
@@ -87,6 +106,9 @@ class GateDecision:
         d["findings"] = "|".join(self.findings)
         d["p_before"] = list(self.p_before)
         d["p_after"] = list(self.p_after)
+        for k in ("verifier_before", "verifier_after", "verifier_threshold"):
+            d[k] = list(getattr(self, k))
+        d["judges"] = "|".join(self.judges)
         return d
 
 
@@ -128,6 +150,8 @@ def evaluate_gate(
     bank: TrainingBank | None = None,
     source_ids: Sequence[str | None] | None = None,
     p_before: torch.Tensor | None = None,
+    verifier: Any = None,
+    classifier_findings: Sequence[str] | None = None,
 ) -> list[GateDecision]:
     """Decide on each synthetic image.
 
@@ -144,6 +168,11 @@ def evaluate_gate(
         bank: training images to search for near-copies; None skips that check.
         source_ids: the sources' ids, excluded from the near-copy search.
         p_before: (B, 14) probabilities on the sources if already computed.
+        verifier: a :class:`~augment.quality.verifier.Verifier`; with ``cfg.judge ==
+            "verifier"`` it judges every target (None: the classifier alone judges).
+        classifier_findings: with the verifier judging, the targets the classifier's rise
+            is also required for (``cfg.classifier_judge``: ``always`` = all, ``never`` =
+            none, ``auto`` = these; None = none).
 
     Returns:
         One :class:`GateDecision` per image, in order.
@@ -168,6 +197,20 @@ def evaluate_gate(
     if pb.shape != (b, len(FINDINGS)):
         raise ValueError(f"p_before must be (B, 14), got {tuple(pb.shape)}")
     pa = _probs(prob_fn, classifier_input)
+    use_verifier = verifier is not None and cfg.judge == "verifier"
+    tmask = targets.detach().cpu() > 0.5
+    vb = va = None
+    if use_verifier:
+        pairs = [(i, FINDINGS[j]) for i in range(b) for j in torch.nonzero(tmask[i]).flatten().tolist()
+                 if verifier.knows(FINDINGS[j])]
+        vb, va = {}, {}
+        if pairs:
+            rows = [i for i, _ in pairs]
+            names = [f for _, f in pairs]
+            sb = verifier.score(src[rows], m[rows].float(), names)
+            sa = verifier.score(classifier_input[rows], m[rows].float(), names)
+            for k, key in enumerate(pairs):
+                vb[key], va[key] = float(sb[k]), float(sa[k])
     nn = None
     if bank is not None:
         emb = None
@@ -176,7 +219,6 @@ def evaluate_gate(
             with torch.no_grad():
                 emb = torch.as_tensor(space(classifier_input)).float().cpu()
         nn = bank.nearest(classifier_input, m, emb, exclude=source_ids)
-    tmask = targets.detach().cpu() > 0.5
     emb_threshold = cfg.min_embedding_distance
     floor = None if bank is None else bank.embedding_floor(cfg.near_copy_quantile)
     if floor is not None:
@@ -186,8 +228,35 @@ def evaluate_gate(
         idx = torch.nonzero(tmask[i]).flatten().tolist()
         before = tuple(float(pb[i, j]) for j in idx)
         after = tuple(float(pa[i, j]) for j in idx)
-        rise = min(a - p for a, p in zip(after, before))
+        names = [FINDINGS[j] for j in idx]
         reasons: list[str] = []
+        v_before: tuple[float, ...] = ()
+        v_after: tuple[float, ...] = ()
+        v_thr: tuple[float, ...] = ()
+        if use_verifier:
+            judges = ["verifier"]
+            if cfg.classifier_judge == "always":
+                judged = list(range(len(idx)))
+            elif cfg.classifier_judge == "auto":
+                judged = [k for k, f in enumerate(names) if f in set(classifier_findings or ())]
+            else:
+                judged = []
+            if any(not verifier.knows(f) for f in names):
+                reasons.append("unverifiable")
+            known = [f for f in names if verifier.knows(f)]
+            v_before = tuple(vb[(i, f)] for f in known)
+            v_after = tuple(va[(i, f)] for f in known)
+            v_thr = tuple(verifier.threshold(f) for f in known)
+            if any(a < t for a, t in zip(v_after, v_thr)):
+                reasons.append("not_seen")
+            if any(not (a - p > cfg.verifier_margin) for a, p in zip(v_after, v_before)):
+                reasons.append("no_verifier_rise")
+            if judged:
+                judges.append("classifier")
+        else:
+            judges = ["classifier"]
+            judged = list(range(len(idx)))
+        rise = min(after[k] - before[k] for k in judged) if judged else min(a - p for a, p in zip(after, before))
         if not bool(finite[i]):
             reasons.append("not_finite")
         if not bool(in_range[i]):
@@ -196,7 +265,7 @@ def evaluate_gate(
             reasons.append("outside_changed")
         if float(frac[i]) <= 0.0:
             reasons.append("empty_mask")
-        if not rise >= cfg.margin:
+        if judged and not rise >= cfg.margin:
             reasons.append("no_rise")
         pd = pid = ed = eid = None
         if nn is not None:
@@ -226,6 +295,10 @@ def evaluate_gate(
                 embedding_nn_distance=ed,
                 embedding_nn_id=eid,
                 source_id=None if source_ids is None else source_ids[i],
+                verifier_before=v_before,
+                verifier_after=v_after,
+                verifier_threshold=v_thr,
+                judges=tuple(judges),
             )
         )
     return out
