@@ -30,6 +30,7 @@ def inpaint_seeded(
     findings: torch.Tensor,
     cfg: InpaintingConfig,
     seeds: Sequence[int],
+    base: torch.Tensor | None = None,
 ) -> InpaintResult:
     """:func:`~augment.inpainting.inpaint` with an independent seed per image.
 
@@ -39,6 +40,7 @@ def inpaint_seeded(
         mask: (B, 1, H, W) bool or float; ``> 0.5`` is repainted.
         findings: (B, 14) multi-hot.
         cfg: sampling settings (``steps``, ``guidance``, ``solver``, ``crop_size``, ...).
+        base: the lesion coupling's start images (see :func:`~augment.inpainting.inpaint`).
         seeds: B seeds; image ``i`` is what ``inpaint`` gives for it alone with
             ``torch.Generator().manual_seed(seeds[i])``.
 
@@ -47,4 +49,4 @@ def inpaint_seeded(
     """
     if len(seeds) != image.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {image.shape[0]} images; give one seed per image")
-    return inpaint(model, image, mask, findings, cfg, generator=[seed_generator(s) for s in seeds])
+    return inpaint(model, image, mask, findings, cfg, generator=[seed_generator(s) for s in seeds], base=base)

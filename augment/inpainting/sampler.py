@@ -94,8 +94,9 @@ def integrate(
     solver: Literal["euler", "heun", "dopri5"] = "euler",
     atol: float = 1e-3,
     rtol: float = 1e-3,
+    t0: float = 0.0,
 ) -> tuple[torch.Tensor, int]:
-    """Integrate dx/dt = v(x, t) from t=0 to 1, moving only masked pixels.
+    """Integrate dx/dt = v(x, t) from t=t0 (default 0) to 1, moving only masked pixels.
 
     Args:
         velocity: v(x, t) with x (B, 1, S, S) and t (B,).
@@ -104,20 +105,23 @@ def integrate(
         steps: fixed steps of Euler / Heun (ignored by dopri5).
         solver: ``"euler"`` (1 evaluation per step), ``"heun"`` (2), ``"dopri5"`` (adaptive).
         atol, rtol: dopri5 tolerances (set them: torchdiffeq's default atol 1e-9 is costly).
+        t0: start time in [0, 1); ``x0`` is then the interpolant's point at ``t0``.
 
     Returns:
         (x at t=1 (B, 1, S, S), number of velocity evaluations).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 <= t0 < 1.0:
+        raise ValueError(f"t0 must be in [0, 1), got {t0}")
     keep = mask > 0.5
     b = x0.shape[0]
     x = x0
     if solver in ("euler", "heun"):
-        dt = 1.0 / steps
+        dt = (1.0 - t0) / steps
         nfe = 0
         for i in range(steps):
-            t = torch.full((b,), i * dt, device=x0.device)
+            t = torch.full((b,), t0 + i * dt, device=x0.device)
             v = velocity(x, t)
             nfe += 1
             if solver == "heun":
@@ -139,7 +143,7 @@ def integrate(
             count[0] += 1
             return velocity(x, t.expand(b).to(x.dtype)) * keep_f
 
-        ts = torch.tensor([0.0, 1.0], device=x0.device, dtype=x0.dtype)
+        ts = torch.tensor([t0, 1.0], device=x0.device, dtype=x0.dtype)
         out = odeint(f, x0, ts, method="dopri5", atol=atol, rtol=rtol)[-1]
         return torch.where(keep, out, x0), count[0]
     raise ValueError(f"unknown solver {solver!r}; use 'euler', 'heun' or 'dopri5'")
@@ -159,6 +163,7 @@ def inpaint(
     findings: torch.Tensor,
     cfg: InpaintingConfig,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    base: torch.Tensor | None = None,
 ) -> InpaintResult:
     """Paint ``findings`` into the masked region of each image.
 
@@ -175,6 +180,12 @@ def inpaint(
         generator: CPU generator for the base noise; the same seed gives the same images.
             A list of B generators seeds each image on its own, so an image comes out the
             same whatever it is batched with (the augmentation job relies on this).
+        base: (B, 1, H, W) in [0, 1], the lesion coupling's start image (the reference's real
+            lesion carried onto the image, :func:`augment.registration.lesion.carry_lesion`):
+            with ``cfg.coupling == "lesion"`` the ODE starts at ``t = cfg.coupling_t0`` from
+            the interpolant's point between the noise and this image inside the mask, so the
+            flow harmonises a real lesion into its new surroundings instead of inventing one.
+            Ignored with ``cfg.coupling == "noise"`` and by the baselines.
 
     Returns:
         An :class:`InpaintResult`.
@@ -220,13 +231,20 @@ def inpaint(
         noise = torch.cat([torch.randn((1, *x1.shape[1:]), generator=g, dtype=torch.float32) for g in generator]).to(device)
     else:
         noise = torch.randn(x1.shape, generator=generator, dtype=torch.float32).to(device)
+    t0 = 0.0
+    if cfg.coupling == "lesion" and base is not None:
+        if base.shape != image.shape:
+            raise ValueError(f"base must have the image's shape {tuple(image.shape)}, got {tuple(base.shape)}")
+        t0 = float(cfg.coupling_t0)
+        start = to_model_space(crop(base.float(), boxes, size).to(device))
+        noise = (1.0 - t0) * noise + t0 * start
     x0 = torch.where(m > 0.5, noise, to_model_space(x1))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), autocast(device, cfg.bf16):
             velocity = guided_velocity(model, cond, cfg.guidance)
-            x, nfe = integrate(velocity, x0, m, cfg.steps, cfg.solver, cfg.atol, cfg.rtol)
+            x, nfe = integrate(velocity, x0, m, cfg.steps, cfg.solver, cfg.atol, cfg.rtol, t0=t0)
     finally:
         model.train(was_training)
     patch = to_image_space(x.float()).cpu()

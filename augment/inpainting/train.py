@@ -257,6 +257,15 @@ def _pick_masks(data: GeneratorTrainingSet, n: int, how: str, generator: torch.G
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
+def grow_masks(masks: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """Dilate each (1, S, S) bool mask by its own margin in pixels (a square neighbourhood)."""
+    out = masks.clone()
+    for r in sorted({int(v) for v in margins.tolist()} - {0}):
+        sel = margins == r
+        out[sel] = F.max_pool2d(masks[sel].float(), 2 * r + 1, stride=1, padding=r) > 0.5
+    return out
+
+
 def sample_batch(
     data: GeneratorTrainingSet,
     cfg: InpaintingConfig,
@@ -291,6 +300,10 @@ def sample_batch(
             if k:
                 hm[swap] = data.masks[torch.randint(data.masks.shape[0], (k,), generator=generator)]
         m[~use_finding] = hm
+    if cfg.region_margin > 0:
+        # regions larger than the lesion, as at paint time under the lesion coupling: the
+        # network learns to draw the lesion's boundary, not to fill the hole's outline
+        m = grow_masks(m, torch.randint(0, cfg.region_margin + 3, (b,), generator=generator))
     jitter = torch.rand(b, 3, generator=generator)  # margin up to doubled, random shift
     boxes = mask_boxes(m, cfg.crop_size, cfg.context, jitter=jitter)
     x1 = to_model_space(crop(x, boxes, cfg.crop_size))

@@ -134,3 +134,43 @@ def test_image_smaller_than_the_crop_is_upsampled_and_still_exact_outside():
     assert r.boxes[0].size == 12
     assert torch.equal(r.images[mask == 0], image[mask == 0])
     torch.testing.assert_close(r.images[mask == 1], torch.full((15,), 0.6), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_integration_from_t0_covers_only_the_rest_of_the_path(solver):
+    x0, x1, mask = _problem()
+    # a constant field c moves x by (1 - t0) c between t0 and 1
+    c = torch.ones_like(x0)
+    out, nfe = integrate(lambda x, t: c, x0, mask, 4, solver, t0=0.75)
+    torch.testing.assert_close(out[mask == 1], x0[mask == 1] + 0.25, rtol=0, atol=1e-5)
+    assert torch.equal(out[mask == 0], x0[mask == 0])
+    with pytest.raises(ValueError, match="t0"):
+        integrate(lambda x, t: c, x0, mask, 4, solver, t0=1.0)
+
+
+class _Keep(nn.Module):
+    """v = 0: the ODE leaves its start point where it is."""
+
+    def forward(self, x, t, cond: Conditioning):
+        return torch.zeros_like(x)
+
+
+def test_lesion_coupling_starts_between_noise_and_the_base():
+    image = torch.full((1, 1, 32, 32), 0.3)
+    base = image.clone()
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[:, :, 10:20, 10:20] = 1
+    base[mask == 1] = 0.9
+    common = {**TINY, "region": "full", "guidance": 1.0, "steps": 2}
+    # t0 near 1 with a field that does not move: the result is (almost) the base itself
+    near = inpaint(_Keep(), image, mask, findings_tensor(["Mass"]),
+                   InpaintingConfig(**common, coupling="lesion", coupling_t0=0.99), torch.Generator().manual_seed(0), base=base)
+    assert float((near.images[mask == 1] - 0.9).abs().max()) < 0.05
+    assert torch.equal(near.images[mask == 0], image[mask == 0])
+    # the noise coupling ignores the base
+    noise = inpaint(_Keep(), image, mask, findings_tensor(["Mass"]),
+                    InpaintingConfig(**common, coupling="noise"), torch.Generator().manual_seed(0), base=base)
+    assert float((noise.images[mask == 1] - 0.9).abs().mean()) > 0.2
+    with pytest.raises(ValueError, match="base must have"):
+        inpaint(_Keep(), image, mask, findings_tensor(["Mass"]), InpaintingConfig(**common, coupling="lesion"),
+                torch.Generator().manual_seed(0), base=base[:, :, :16])
