@@ -237,6 +237,8 @@ def run_augment(
     generator_run: str = "",
     use_ray: bool = True,
     bank: ReferenceBank | None = None,
+    verifier_checkpoint: str | None = None,
+    classifier_findings: list[str] | None = None,
 ) -> AugmentResult:
     """Plan and make the synthetic images, write the pool, return counts and timings.
 
@@ -250,14 +252,19 @@ def run_augment(
         use_ray: False runs the same steps in a plain in-process loop (the benchmark's
             baseline; no Ray needed).
         bank: references, when already built.
+        verifier_checkpoint: the local finding verifier, the gate's judge (``quality.judge``).
+        classifier_findings: findings the classifier's rise is also required for
+            (``quality.classifier_judge: auto``).
 
     Raises:
         ConfigError: a checkpoint path does not exist.
         PoolError: ``augment.output`` holds another generator's images.
     """
     t0 = time.perf_counter()
-    check_paths(cfg, {"classifier checkpoint": classifier_checkpoint, "generator checkpoint": generator_checkpoint},
+    check_paths(cfg, {"classifier checkpoint": classifier_checkpoint, "generator checkpoint": generator_checkpoint,
+                      **({"verifier checkpoint": verifier_checkpoint} if verifier_checkpoint else {})},
                 data=False)
+    gate_args = (verifier_checkpoint, classifier_findings)
     fingerprint = generator_fingerprint(generator_checkpoint)
     plan_index, ref_index, filtered = filter_inputs(cfg, train_index)
     plan = plan_augmentation(
@@ -288,7 +295,8 @@ def run_augment(
         if use_ray:
             for attempt in range(1, cfg.augment.max_attempts + 1):
                 try:
-                    _run_ray(cfg, todo, train_index, bank, bank_index, classifier_checkpoint, generator_checkpoint, generator_run, tally)
+                    _run_ray(cfg, todo, train_index, bank, bank_index, classifier_checkpoint, generator_checkpoint, generator_run, tally,
+                             gate_args)
                     break
                 except Exception as exc:  # a lost actor, node or task: resume from what the pool holds
                     if attempt == cfg.augment.max_attempts:
@@ -305,7 +313,7 @@ def run_augment(
             steps = [
                 RegisterStep(cfg, train_index, bank),
                 InpaintStep(cfg, generator_checkpoint),
-                GateStep(cfg, classifier_checkpoint, bank_index),
+                GateStep(cfg, classifier_checkpoint, bank_index, *gate_args),
                 WriteStep(cfg.augment.output, generator_run),
             ]
             _, secs = run_in_process(items_to_batches(todo, cfg.augment.batch_size), steps, tally)
@@ -330,7 +338,8 @@ def run_augment(
     )
 
 
-def _run_ray(cfg, todo, train_index, bank, bank_index, classifier_ckpt, generator_ckpt, generator_run, on_batch) -> None:
+def _run_ray(cfg, todo, train_index, bank, bank_index, classifier_ckpt, generator_ckpt, generator_run, on_batch,
+             gate_args=(None, None)) -> None:
     import ray
     import ray.data
 
@@ -349,7 +358,7 @@ def _run_ray(cfg, todo, train_index, bank, bank_index, classifier_ckpt, generato
         InpaintActor, fn_constructor_args=(threads, cfg, generator_ckpt), **_actor_kwargs(cfg, a.inpaint_actors, gpu=True)
     )
     ds = ds.map_batches(
-        GateActor, fn_constructor_args=(threads, cfg, classifier_ckpt, bank_index), **_actor_kwargs(cfg, a.gate_actors)
+        GateActor, fn_constructor_args=(threads, cfg, classifier_ckpt, bank_index, *gate_args), **_actor_kwargs(cfg, a.gate_actors)
     )
     ds = ds.map_batches(WriteStep, fn_constructor_args=(a.output, generator_run), **_actor_kwargs(cfg, 1))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -362,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--classifier", help="classifier checkpoint (path or MLflow URI); required unless --dry-run")
     p.add_argument("--generator", help="generator checkpoint (path or MLflow URI); required unless --dry-run")
+    p.add_argument("--verifier", help="local finding verifier checkpoint (python -m jobs.train_verifier); without it the "
+                                      "classifier alone judges")
     p.add_argument("--no-ray", action="store_true", help="run the steps in this process, without Ray")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan per finding, the reference bank and the expected time from the Data_Entry "
@@ -389,11 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(args.config, args.overrides)
-        check_paths(cfg, {"--classifier": args.classifier, "--generator": args.generator})
+        check_paths(cfg, {"--classifier": args.classifier, "--generator": args.generator,
+                          **({"--verifier": args.verifier} if args.verifier else {})})
         from augment.data import prepare_data
 
         _, split = prepare_data(cfg)
-        res = run_augment(cfg, split.train, args.classifier, args.generator, use_ray=not args.no_ray)
+        res = run_augment(cfg, split.train, args.classifier, args.generator, use_ray=not args.no_ray,
+                          verifier_checkpoint=args.verifier)
     except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

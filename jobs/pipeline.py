@@ -1,4 +1,4 @@
-"""The main job: data -> base classifier -> generator -> augment -> retrain -> compare.
+"""The main job: data -> base classifier -> generator -> verifier -> augment -> retrain -> compare.
 
 Run it in-process (``make demo`` does) or on a cluster::
 
@@ -121,7 +121,9 @@ def _classifier_stage(
 def _generator_stage(cfg: RunConfig, train: NIHIndex, upstream: list[str], parent_run_id: str) -> StageResult:
     from jobs.train_generator import train_generator
 
-    key = stage_key({"inpainting": cfg.inpainting.model_dump(mode="json"), "attention": cfg.attention.model_dump(mode="json")}, upstream)
+    # sampling settings do not change the trained network
+    training = cfg.inpainting.model_dump(mode="json", exclude=SAMPLING_KEYS)
+    key = stage_key({"inpainting": training, "attention": cfg.attention.model_dump(mode="json")}, upstream)
 
     def work(out: Path) -> dict[str, Any]:
         res = train_generator(cfg, train, out, parent_run_id)
@@ -137,8 +139,67 @@ def _generator_stage(cfg: RunConfig, train: NIHIndex, upstream: list[str], paren
     return run_stage(cfg.output_dir, "generator", key, work)
 
 
+SAMPLING_KEYS = {"steps", "solver", "atol", "rtol", "guidance", "coupling", "coupling_t0", "device"}
+"""Inpainting settings that only change how the trained network samples (not part of the generator's stage key)."""
+
+
+def _verifier_stage(cfg: RunConfig, train: NIHIndex, val: NIHIndex, classifier: Path, upstream: list[str],
+                    parent_run_id: str) -> StageResult:
+    from jobs.train_verifier import train_verifier, verifier_findings
+
+    key = stage_key({"verifier": cfg.verifier.model_dump(mode="json"), "findings": verifier_findings(cfg),
+                     "attention": cfg.attention.model_dump(mode="json"), "image_size": cfg.data.image_size}, upstream)
+
+    def work(out: Path) -> dict[str, Any]:
+        res = train_verifier(cfg, train, val, out, parent_run_id, str(classifier))
+        shutil.rmtree(out / "ray", ignore_errors=True)
+        return {"checkpoint": res.checkpoint_path.name, "mlflow_run_id": res.run_id, "report": res.report,
+                "threshold_source": res.threshold_source, "skipped": res.skipped, "crops": res.crops,
+                "fit_seconds": res.seconds}
+
+    return run_stage(cfg.output_dir, "verifier", key, work)
+
+
+def classifier_sees(stage: StageResult, floor: float) -> list[str]:
+    """Findings whose validation AUC in a classifier stage reaches ``floor`` (its ``per_finding.json``)."""
+    p = stage.path / "per_finding.json"
+    if not p.is_file():
+        return []
+    rows = json.loads(p.read_text()).get("per_finding", [])
+    return sorted(r["finding"] for r in rows if r.get("auc") is not None and r["auc"] >= floor)
+
+
+def _print_verifier(res: dict[str, Any]) -> None:
+    print("\nLocal finding verifier (the gate's judge), on validation crops of patients it never saw:")
+    print(f"{'finding':<16}{'regions':>8}{'AUC':>7}{'thresh':>8}{'pass: real':>11}{'place':>7}{'noise':>7}{'mean':>7}{'blur':>7}")
+    for f, r in res["report"].items():
+        def pct(k: str) -> str:
+            v = r.get(f"pass.{k}")
+            return "n/a" if v is None else f"{100 * v:.0f}%"
+
+        print(f"{f:<16}{r['n_positive']:>8}{_fmt(r['auc'], '.2f'):>7}{_fmt(r.get('threshold'), '.2f'):>8}"
+              f"{pct('positive'):>11}{pct('place'):>7}{pct('noise'):>7}{pct('mean'):>7}{pct('blur'):>7}")
+    for f, why in res.get("threshold_source", {}).items():
+        if not why.startswith("Youden"):
+            print(f"  {f}: threshold {why}")
+    for f, why in res.get("skipped", {}).items():
+        print(f"  {f}: not trained ({why}): its synthetic images are rejected as unverifiable")
+
+
+def _print_acceptance(res: dict[str, Any]) -> None:
+    per = res["summary"]
+    total = sum(d["finished"] for d in per.values())
+    acc = sum(d["accepted"] for d in per.values())
+    print(f"\nSynthetic images accepted by the gate: {acc} of {total} planned"
+          + (f" ({100 * acc / total:.0f}%)" if total else ""))
+    for f, d in sorted(per.items()):
+        print(f"  {f:<16}{d['accepted']:>4} of {d['finished']:<4}")
+    print(f"  pool: {res['pool']} (images/, rejected/, masks/, provenance.csv with each item's verdict)")
+
+
 def _augment_stage(
-    cfg: RunConfig, train: NIHIndex, classifier: Path, generator: StageResult, upstream: list[str], parent_run_id: str
+    cfg: RunConfig, train: NIHIndex, classifier: Path, generator: StageResult, upstream: list[str], parent_run_id: str,
+    verifier: StageResult | None = None, classifier_findings: list[str] | None = None,
 ) -> StageResult:
     import mlflow
 
@@ -152,8 +213,10 @@ def _augment_stage(
     key = stage_key(
         {"augment": cfg.augment.model_dump(mode="json"), "quality": cfg.quality.model_dump(mode="json"),
          "registration": cfg.registration.model_dump(mode="json"), "attention": cfg.attention.model_dump(mode="json"),
-         "input_filter": cfg.input_filter.model_dump(mode="json"), "generator": generator_fingerprint(generator_ckpt)},
-        upstream,
+         "input_filter": cfg.input_filter.model_dump(mode="json"), "generator": generator_fingerprint(generator_ckpt),
+         "sampling": cfg.inpainting.model_dump(mode="json", include=SAMPLING_KEYS | {"region_margin"}),
+         "classifier_findings": classifier_findings or []},
+        upstream + ([verifier.key] if verifier is not None else []),
     )
     # The pool lives beside the stage folders under a key of its own: a re-run with the
     # same inputs (the generator's weights included) resumes it (finished items are
@@ -166,6 +229,8 @@ def _augment_stage(
             res = run_augment(
                 acfg, train, str(classifier), str(generator_ckpt),
                 generator_run=generator.result.get("mlflow_run_id") or "",
+                verifier_checkpoint=str(verifier.path / verifier.result["checkpoint"]) if verifier is not None else None,
+                classifier_findings=classifier_findings,
             )
             per = res.summary
             tracking.metrics_to_mlflow({
@@ -182,7 +247,9 @@ def _augment_stage(
                 pick = [r for r in rows if r.accepted][:8] + [r for r in rows if not r.accepted][:4]
                 imgs = [read_image(root / ("images" if r.accepted else "rejected") / r.image) for r in pick]
                 masks = [read_image(root / "masks" / r.image) for r in pick]
-                titles = [f"{'OK' if r.accepted else 'NO'} {r.finding} {r.prob_before or 0:.2f}->{r.prob_after or 0:.2f}" for r in pick]
+                titles = [f"{'OK' if r.accepted else 'NO'} {r.finding} "
+                          + (f"v {r.verifier_before:.2f}->{r.verifier_after:.2f}" if r.verifier_after is not None
+                             else f"{r.prob_before or 0:.2f}->{r.prob_after or 0:.2f}") for r in pick]
                 save_figure(image_grid(imgs, titles, ncols=6, overlays=masks), out / "examples.png")
                 mlflow.log_artifact(str(out / "examples.png"))
             mlflow.log_text(json.dumps(per, indent=1), "acceptance.json")
@@ -327,8 +394,16 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
             gen = _generator_stage(cfg, split.train, [data.key], pid)
             results["generator"] = gen.result
             lap("generator")
-            aug = _augment_stage(cfg, split.train, base_ckpt, gen, [data.key, base.key, gen.key], pid)
+            ver = None
+            if cfg.quality.judge == "verifier":
+                ver = _verifier_stage(cfg, split.train, split.val, base_ckpt, [data.key, base.key], pid)
+                results["verifier"] = ver.result
+                _print_verifier(ver.result)
+                lap("verifier")
+            sees = classifier_sees(base, cfg.quality.classifier_auc_floor) if cfg.quality.classifier_judge == "auto" else []
+            aug = _augment_stage(cfg, split.train, base_ckpt, gen, [data.key, base.key, gen.key], pid, ver, sees)
             results["augment"] = aug.result
+            _print_acceptance(aug.result)
             lap("augment")
             pool = load_index(aug.result["pool"]) if sum(d["accepted"] for d in aug.result["summary"].values()) else None
             if pool is None:
@@ -345,6 +420,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
                 "classifier/classifier.pt": base_ckpt,
                 "generator/generator.pt": gen.path / gen.result["checkpoint"],
                 "classifier-augmented/classifier.pt": retrained.path / retrained.result["checkpoint"],
+                **({"verifier/verifier.pt": ver.path / ver.result["checkpoint"]} if ver is not None else {}),
             })
             cmp = _compare_stage(cfg, base, retrained, split.test, split.val, pid)
             results["compare"] = cmp.result
@@ -355,8 +431,8 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
             tracking.metrics_to_mlflow(
                 {"pipeline.seconds": time.perf_counter() - t0, **{f"pipeline.seconds.{k}": v for k, v in stage_s.items()}}
             )
-            for name in ("data", "classifier_base", "generator", "augment", "classifier_augmented", "compare"):
-                mlflow_id = results[name].get("mlflow_run_id")
+            for name in ("data", "classifier_base", "generator", "verifier", "augment", "classifier_augmented", "compare"):
+                mlflow_id = results.get(name, {}).get("mlflow_run_id")
                 if mlflow_id:
                     import mlflow
 

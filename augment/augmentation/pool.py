@@ -70,6 +70,10 @@ class ProvenanceRow:
     registration_ncc: float | None
     generator_run: str
     seed: int
+    verifier_before: float | None = None
+    verifier_after: float | None = None
+    verifier_threshold: float | None = None
+    judges: str | None = None
 
 
 PROVENANCE_COLUMNS = [f.name for f in fields(ProvenanceRow)]

@@ -9,10 +9,14 @@ Columns, as they accumulate:
 
 * plan: ``item_id finding source source_patient seed output_name``
 * :class:`RegisterStep`: ``image`` (B, S, S) float32, ``mask`` (B, S, S) uint8,
+  ``base`` (B, S, S) float32 (the source with the reference's lesion carried onto it, the
+  lesion coupling's start; the source itself with ``inpainting.coupling: noise``),
   ``reference`` str, ``registration_ncc`` float, ``status`` str ("" = fine, else why the
   item cannot go on: an unreadable source, an empty region)
 * :class:`InpaintStep`: ``synthetic`` (B, S, S) float32
-* :class:`GateStep`: ``prob_before prob_after`` float, ``accepted`` bool, ``reason`` str
+* :class:`GateStep`: ``prob_before prob_after`` float (the classifier's),
+  ``verifier_before verifier_after verifier_threshold`` float (the local verifier's, NaN
+  when it did not judge), ``judges`` str, ``accepted`` bool, ``reason`` str
   (the near-copy bank is an index folder it memory-maps, see :mod:`augment.quality.bank_index`)
 * :class:`WriteStep`: writes each item into the pool, returns the small columns only.
 """
@@ -82,12 +86,14 @@ class RegisterStep:
 
     def __init__(self, cfg: RunConfig, index: NIHIndex, bank: ReferenceBank) -> None:
         from augment.registration import choose_references, transfer_region
+        from augment.registration.lesion import carry_lesion
 
         self.cfg = cfg
         self.index = index
         self.bank = bank
         self._choose = choose_references
         self._transfer = transfer_region
+        self._carry = carry_lesion
         self.size = cfg.data.image_size
 
     def __call__(self, batch: Batch) -> Batch:
@@ -118,18 +124,26 @@ class RegisterStep:
             refs.append(self.bank.images[f][pick])
             maps.append(self.bank.maps[f][pick])
             rows.append(i)
+        base = image.copy()
         if rows:
             healthy = torch.from_numpy(image[rows])[:, None]
             att = self.cfg.attention
-            tr = self._transfer(healthy, torch.stack(refs), torch.stack(maps), self.cfg.registration,
+            refs_t, maps_t = torch.stack(refs), torch.stack(maps)
+            tr = self._transfer(healthy, refs_t, maps_t, self.cfg.registration,
                                 min_area=att.min_area, max_area=att.max_area)
             m = tr.mask[:, 0].cpu().numpy()
+            if self.cfg.inpainting.coupling == "lesion":
+                carried = self._carry(healthy, refs_t, maps_t, tr, self.cfg.registration.mask_threshold,
+                                      self.cfg.inpainting.region_margin)
+                m = carried.region[:, 0].cpu().numpy()
+                base[rows] = carried.base[:, 0].cpu().numpy()
             for j, i in enumerate(rows):
                 mask[i] = m[j]
                 ncc[i] = float(tr.registration.ncc_after[j])
                 if not m[j].any():
                     status[i] = "empty_mask"
-        return {**batch, "image": image, "mask": mask, "reference": reference, "registration_ncc": ncc, "status": status}
+        return {**batch, "image": image, "mask": mask, "base": base, "reference": reference, "registration_ncc": ncc,
+                "status": status}
 
 
 class InpaintStep:
@@ -153,20 +167,26 @@ class InpaintStep:
             img = torch.from_numpy(batch["image"][ok])[:, None]
             msk = torch.from_numpy(batch["mask"][ok].astype(bool))[:, None]
             gens = [_generator(batch["seed"][i], 3) for i in ok]
+            base = torch.from_numpy(batch["base"][ok])[:, None] if "base" in batch else None
             res = self._inpaint(
                 self.model, img, msk, self._findings([str(batch["finding"][i]) for i in ok]),
-                self.cfg.inpainting, generator=gens,
+                self.cfg.inpainting, generator=gens, base=base,
             )
             synthetic[ok] = res.images[:, 0].cpu().numpy()
         return {**batch, "synthetic": synthetic}
 
 
 class GateStep:
-    """Judge each synthetic image with the classifier (loaded once) and the near-copy bank.
+    """Judge each synthetic image with the local verifier and/or the classifier (loaded once)
+    and the near-copy bank (see :mod:`augment.quality.gate`).
 
     Args:
         cfg: the run profile (``quality``, ``resources``).
         classifier_checkpoint: the gate's classifier.
+        verifier_checkpoint: the local finding verifier (``quality.judge: verifier``); None
+            judges with the classifier alone (logged).
+        classifier_findings: the findings the classifier's rise is also required for under
+            ``quality.classifier_judge: auto`` (those it sees on validation).
         bank_index: the near-copy bank's index folder
             (:func:`augment.quality.bank_index.build_bank_index`, built once per run by
             ``jobs/augment.py``): memory-mapped, with its own encoder; no training image is
@@ -176,7 +196,8 @@ class GateStep:
     """
 
     def __init__(self, cfg: RunConfig, classifier_checkpoint: str,
-                 bank_index: "str | os.PathLike[str] | NIHIndex | None" = None) -> None:
+                 bank_index: "str | os.PathLike[str] | NIHIndex | None" = None,
+                 verifier_checkpoint: str | None = None, classifier_findings: list[str] | None = None) -> None:
         from augment.classifier import load_classifier
         from augment.classifier.predict import embed_images, predict_proba
         from augment.quality.bank_index import load_bank_index
@@ -188,6 +209,14 @@ class GateStep:
         self.prob_fn = lambda x: predict_proba(self.model, x)
         self.embed_fn = lambda x: embed_images(self.model, x)
         self._gate = evaluate_gate
+        self.verifier = None
+        if verifier_checkpoint:
+            from augment.quality.verifier import load_verifier
+
+            self.verifier = load_verifier(verifier_checkpoint, map_location=device)
+        elif cfg.quality.judge == "verifier":
+            log.warning("quality.judge is verifier but no verifier checkpoint was given: the classifier alone judges")
+        self.classifier_findings = list(classifier_findings or [])
         self.bank = None
         t0 = time.perf_counter()
         if isinstance(bank_index, NIHIndex):
@@ -202,6 +231,10 @@ class GateStep:
         n = len(batch["item_id"])
         pb = np.full(n, np.nan, np.float32)
         pa = np.full(n, np.nan, np.float32)
+        vb = np.full(n, np.nan, np.float32)
+        va = np.full(n, np.nan, np.float32)
+        vt = np.full(n, np.nan, np.float32)
+        judges = np.array([""] * n, dtype=object)
         accepted = np.zeros(n, bool)
         reason = np.array([str(s).split(":")[0] for s in batch["status"]], dtype=object)
         ok = [i for i in range(n) if batch["status"][i] == ""]
@@ -215,13 +248,18 @@ class GateStep:
                 torch.from_numpy(batch["mask"][ok].astype(np.float32))[:, None],
                 targets, self.cfg.quality, self.prob_fn, self.embed_fn, self.bank,
                 source_ids=[str(batch["source"][i]) for i in ok],
+                verifier=self.verifier, classifier_findings=self.classifier_findings,
             )
             for j, i in enumerate(ok):
                 d = decisions[j]
                 pb[i], pa[i] = d.p_before[0], d.p_after[0]
+                if d.verifier_after:
+                    vb[i], va[i], vt[i] = d.verifier_before[0], d.verifier_after[0], d.verifier_threshold[0]
+                judges[i] = "|".join(d.judges)
                 accepted[i] = d.accepted
                 reason[i] = "accepted" if d.accepted else "|".join(d.reasons)
-        return {**batch, "prob_before": pb, "prob_after": pa, "accepted": accepted, "reason": reason}
+        return {**batch, "prob_before": pb, "prob_after": pa, "verifier_before": vb, "verifier_after": va,
+                "verifier_threshold": vt, "judges": judges, "accepted": accepted, "reason": reason}
 
 
 def _bank_from_images(cfg: RunConfig, train_index: NIHIndex, embed_fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -238,6 +276,13 @@ def _bank_from_images(cfg: RunConfig, train_index: NIHIndex, embed_fn: Callable[
     if not arrs:
         return None
     return TrainingBank.build(torch.from_numpy(np.stack(arrs))[:, None], ids, embed_fn)
+
+
+def _opt(batch: Batch, key: str, i: int) -> float | None:
+    if key not in batch:
+        return None
+    v = float(batch[key][i])
+    return None if np.isnan(v) else v
 
 
 class WriteStep:
@@ -268,6 +313,10 @@ class WriteStep:
                 registration_ncc=None if np.isnan(ncc) else ncc,
                 generator_run=self.generator_run,
                 seed=int(batch["seed"][i]),
+                verifier_before=_opt(batch, "verifier_before", i),
+                verifier_after=_opt(batch, "verifier_after", i),
+                verifier_threshold=_opt(batch, "verifier_threshold", i),
+                judges=str(batch["judges"][i]) if "judges" in batch else None,
             )
             self.pool.write_item(row, batch["synthetic"][i], m)
         return {k: batch[k] for k in ("item_id", "finding", "accepted", "reason")}
