@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +22,10 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "ImageReadError",
+    "RawImage",
+    "decode_raw",
+    "read_raw",
+    "encode_png_pixels",
     "decode_image",
     "read_image",
     "read_batch",
@@ -95,6 +100,104 @@ def read_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
     if not p.is_file():
         raise ImageReadError(f"{p}: file not found; check the images/ folder and the CSV's 'Image Index'")
     return decode_image(p.read_bytes(), name=str(p), size=size)
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """A grayscale radiograph as stored: its own pixel values, size and bit depth.
+
+    Attributes:
+        pixels: (H, W) uint8 (``bits`` 8) or uint16 (``bits`` 16), the file's values unscaled.
+        bits: 8 or 16.
+    """
+
+    pixels: np.ndarray
+    bits: int
+
+    @property
+    def max_value(self) -> int:
+        return (1 << self.bits) - 1
+
+    def to_float(self) -> np.ndarray:
+        """float32 (H, W) in [0, 1]: the values :func:`read_image` gives for the same file."""
+        return self.pixels.astype(np.float32) / float(self.max_value)
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """The bit depth in a PNG's IHDR chunk (byte 24), None for other formats."""
+    if len(data) > 25 and data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return data[24]
+    return None
+
+
+def decode_raw(data: bytes, name: str = "<bytes>") -> RawImage:
+    """Decode image bytes to their stored grayscale values, without rescaling or resizing.
+
+    8-bit (and 1/2/4-bit, palette) grayscale gives uint8, 16-bit grayscale uint16; colour
+    images are turned to 8-bit gray as :func:`read_image` does (ITU-R 601 luma). Unlike
+    :func:`decode_image` nothing is normalised: ``RawImage.to_float()`` equals
+    ``decode_image`` for the same bytes.
+
+    Raises:
+        ImageReadError: empty, not an image, corrupt, too small, or a mode with no 8/16-bit
+            grayscale equivalent (float, 32-bit integer values above 65535); the message names
+            the file.
+    """
+    if not data:
+        raise ImageReadError(f"{name}: empty file; expected a PNG radiograph")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                pixels, bits = np.asarray(img, dtype=np.uint16), 16
+            elif mode == "I":
+                raw = np.asarray(img, dtype=np.int64)
+                if raw.size and (raw.min() < 0 or raw.max() > 65535):
+                    raise ImageReadError(
+                        f"{name}: 32-bit integer pixels in [{raw.min()}, {raw.max()}] do not fit 16 bits; "
+                        "save it as 8- or 16-bit grayscale PNG"
+                    )
+                depth = _png_bit_depth(data)
+                if depth == 16 or (depth is None and raw.size and raw.max() > 255):
+                    pixels, bits = raw.astype(np.uint16), 16
+                else:
+                    pixels, bits = raw.astype(np.uint8), 8
+            elif mode in ("L", "P", "1", "LA", "RGB", "RGBA", "CMYK", "YCbCr"):
+                pixels, bits = np.asarray(img.convert("L"), dtype=np.uint8), 8
+            else:
+                raise ImageReadError(f"{name}: unsupported image mode {mode!r}; save it as 8- or 16-bit grayscale PNG")
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{name}: not a readable image ({exc}); expected an 8- or 16-bit PNG") from None
+    if pixels.ndim != 2 or min(pixels.shape) < 8:
+        raise ImageReadError(f"{name}: image of shape {pixels.shape} is too small; need at least 8x8 pixels")
+    return RawImage(np.ascontiguousarray(pixels), bits)
+
+
+def read_raw(path: str | os.PathLike) -> RawImage:
+    """Read one radiograph from disk at its own size and bit depth (see :func:`decode_raw`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: file not found; check the images/ folder and the CSV's 'Image Index'")
+    return decode_raw(p.read_bytes(), name=str(p))
+
+
+def encode_png_pixels(pixels: np.ndarray) -> bytes:
+    """Encode stored values as they are: (H, W) uint8 as an 8-bit, uint16 as a 16-bit grayscale PNG.
+
+    Raises:
+        ValueError: not a single (H, W) image, or another dtype (floats go through :func:`encode_png`).
+    """
+    arr = np.asarray(pixels)
+    if arr.ndim != 2:
+        raise ValueError(f"encode_png_pixels expects a single (H, W) image, got shape {arr.shape}")
+    if arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"encode_png_pixels expects uint8 or uint16 pixels, got {arr.dtype}; use encode_png for floats")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def resize(arr: np.ndarray, size: int) -> np.ndarray:
