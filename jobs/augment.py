@@ -314,7 +314,7 @@ def run_augment(
                 RegisterStep(cfg, train_index, bank),
                 InpaintStep(cfg, generator_checkpoint),
                 GateStep(cfg, classifier_checkpoint, bank_index, *gate_args),
-                WriteStep(cfg.augment.output, generator_run),
+                WriteStep(cfg.augment.output, generator_run, train_index),
             ]
             _, secs = run_in_process(items_to_batches(todo, cfg.augment.batch_size), steps, tally)
             stage_seconds = dict(zip(("register", "inpaint", "gate", "write"), secs))
@@ -360,7 +360,7 @@ def _run_ray(cfg, todo, train_index, bank, bank_index, classifier_ckpt, generato
     ds = ds.map_batches(
         GateActor, fn_constructor_args=(threads, cfg, classifier_ckpt, bank_index, *gate_args), **_actor_kwargs(cfg, a.gate_actors)
     )
-    ds = ds.map_batches(WriteStep, fn_constructor_args=(a.output, generator_run), **_actor_kwargs(cfg, 1))
+    ds = ds.map_batches(WriteStep, fn_constructor_args=(a.output, generator_run, train_index), **_actor_kwargs(cfg, 1))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         on_batch(b)
 

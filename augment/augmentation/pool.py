@@ -3,15 +3,20 @@
 Layout under the pool root (a local path, ``file://``, ``s3://``, ``gs://`` — any
 filesystem pyarrow supports)::
 
-    images/<name>.png            accepted synthetic images (8-bit, like NIH)
-    masks/<name>.png             the painted region of each accepted image
+    images/<name>.png            accepted synthetic images, at their source's size and bit depth
+                                 (8- or 16-bit grayscale; see :mod:`augment.augmentation.native`)
+    masks/<name>.png             the painted region of each image (8-bit, 0 or 255), same size
     rejected/<name>.png          rejected images, kept for inspection
     items/<item id>.json         one record per finished plan item (the resume marker)
     pool.json                    the generator whose images the pool holds (its fingerprint)
     plan.json                    ids of the items of the last finalized plan
-    Data_Entry_2017.csv          accepted images of that plan, NIH columns (readable by any NIH reader)
+    Data_Entry_2017.csv          accepted images of that plan, NIH columns (readable by any NIH reader);
+                                 original size and pixel spacing copied from the source's row
     provenance.csv               every item of that plan: source, reference, finding, mask,
                                  probabilities, accepted or not and why, generator run, seed
+
+Items written before native-resolution output (no ``width``/``height``/``bits`` in their
+record) still load; their Data_Entry rows leave size and spacing empty, as they did.
 
 An item counts as done once its ``items/<id>.json`` exists; images are written before it,
 each through a temporary name and a rename (on a local disk the file and then its folder
@@ -37,7 +42,7 @@ from typing import Any, Iterable
 import numpy as np
 import pyarrow.fs as pafs
 
-from augment.data.io import atomic_write_bytes, encode_png, fsync_dir
+from augment.data.io import atomic_write_bytes, encode_png, encode_png_pixels, fsync_dir
 from augment.data.nih import DATA_ENTRY_HEADER, Record
 
 __all__ = ["ProvenanceRow", "PoolWriter", "PoolError", "open_filesystem", "summarize"]
@@ -74,6 +79,10 @@ class ProvenanceRow:
     verifier_after: float | None = None
     verifier_threshold: float | None = None
     judges: str | None = None
+    width: int | None = None  # the written image's size and bit depth (None: a pool from before issue 19)
+    height: int | None = None
+    bits: int | None = None
+    resolution: str | None = None  # "native" (the source's grid) or "working" (the source was unreadable)
 
 
 PROVENANCE_COLUMNS = [f.name for f in fields(ProvenanceRow)]
@@ -197,14 +206,36 @@ class PoolWriter:
         other verdict) is removed before the record is written.
 
         Args:
-            row: the provenance record.
-            image: (H, W) float32 in [0, 1].
-            mask: (H, W) region that was painted (bool or [0, 1]).
+            row: the provenance record; its ``width``/``height``, when set, must be the image's.
+            image: (H, W) uint8 or uint16 stored values (written as they are, 8- or 16-bit),
+                or float32 in [0, 1] (written at ``row.bits``, default 8).
+            mask: (H, W) region that was painted (bool or [0, 1]), the image's size.
+
+        Raises:
+            ValueError: the image and mask (or the row's size) disagree, or a float image's
+                ``row.bits`` is not 8 or 16.
         """
+        img = np.asarray(image)
+        msk = np.asarray(mask)
+        if img.ndim == 3 and img.shape[0] == 1:  # (1, H, W), as encode_png took it
+            img = img[0]
+        if msk.ndim == 3 and msk.shape[0] == 1:
+            msk = msk[0]
+        if msk.shape != img.shape:
+            raise ValueError(f"item {row.item_id}: mask of shape {msk.shape} does not match its image {img.shape}")
+        if row.width is not None and row.height is not None and (row.height, row.width) != img.shape:
+            raise ValueError(f"item {row.item_id}: the row says {row.width}x{row.height} (width x height), "
+                             f"the image is {img.shape[1]}x{img.shape[0]}")
+        if img.dtype in (np.uint8, np.uint16):
+            if row.bits is not None and row.bits != img.dtype.itemsize * 8:
+                raise ValueError(f"item {row.item_id}: the row says {row.bits}-bit, the image is {img.dtype}")
+            data = encode_png_pixels(img)
+        else:
+            data = encode_png(img, bits=row.bits or 8)
         folder, other = ("images", "rejected") if row.accepted else ("rejected", "images")
-        self._write(f"{folder}/{row.image}", encode_png(image))
+        self._write(f"{folder}/{row.image}", data)
         self._remove(f"{other}/{row.image}")
-        self._write(f"masks/{row.image}", encode_png(np.asarray(mask, dtype=np.float32)))
+        self._write(f"masks/{row.image}", encode_png(msk.astype(np.float32)))
         self._write(f"items/{row.item_id}.json", json.dumps(asdict(row)).encode())
 
     def _item_rows(self, item_ids: Iterable[str]) -> list[ProvenanceRow]:
@@ -242,8 +273,14 @@ class PoolWriter:
         stay on disk but are left out of the tables.
 
         Args:
-            generator_records: source image index -> its real record, to copy age, sex and
-                view into the synthetic image's row.
+            generator_records: source image index -> its real record, to copy age, sex,
+                view, original size and pixel spacing into the synthetic image's row. The
+                size and spacing are NIH's ``OriginalImage[Width,Height]`` and
+                ``OriginalImagePixelSpacing[x,y]``: they describe the source's original
+                film, so a native-resolution item takes them from its source's record; where
+                that record has no size, the written image's own size. Items of older pools
+                (written at the working resolution, no size in their record) leave all four
+                empty, as before.
             item_ids: the current plan's item ids (finished ones are written); default
                 every finished item in the pool.
 
@@ -272,10 +309,22 @@ class PoolWriter:
                 "" if src is None or src.age is None else src.age,
                 "" if src is None else src.sex,
                 "" if src is None else src.view,
-                "", "", "", "",
+                *_original_size_spacing(r, src),
             ])
         self._write("Data_Entry_2017.csv", buf.getvalue().encode())
         return summarize(rows)
+
+
+def _original_size_spacing(r: ProvenanceRow, src: Record | None) -> list[Any]:
+    """NIH's four original-size/spacing cells for an accepted item (empty where unknown)."""
+    if r.width is None or r.height is None or r.resolution == "working":
+        return ["", "", "", ""]  # an old pool's or a working-resolution image: not the source's grid
+    width, height = r.width, r.height
+    if src is not None and src.width is not None and src.height is not None:
+        width, height = src.width, src.height
+    sx = "" if src is None or src.spacing_x is None else src.spacing_x
+    sy = "" if src is None or src.spacing_y is None else src.spacing_y
+    return [width, height, sx, sy]
 
 
 def summarize(rows: Iterable[ProvenanceRow]) -> dict[str, Any]:

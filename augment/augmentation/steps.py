@@ -286,16 +286,68 @@ def _opt(batch: Batch, key: str, i: int) -> float | None:
 
 
 class WriteStep:
-    """Write each finished item into the pool (idempotent per item id); return small columns."""
+    """Write each finished item into the pool at its source's resolution (idempotent per item id);
+    return the small columns.
 
-    def __init__(self, pool_uri: str, generator_run: str) -> None:
+    Each item's source is read as stored (:func:`augment.data.io.read_raw`) and the region
+    painted at the working resolution is pasted back into it
+    (:func:`augment.augmentation.native.paste_native`, the change over ``batch["image"]``
+    carried, with a feathered edge of ``feather`` native pixels): the pool image has the
+    source's size and bit depth and equals it bit for bit farther than ``feather`` pixels
+    outside the mask; the mask is stored at the source's size too. Where the source cannot
+    be read any more, the working-resolution image is written instead, its row says
+    ``resolution: working`` and the item is rejected (``native_source_unreadable``) if the
+    gate had accepted it: never a silently resampled image in ``images/``.
+
+    Args:
+        pool_uri: the pool (:class:`PoolWriter`).
+        generator_run: MLflow run id of the generator, recorded per item.
+        sources: the index the items' sources come from (the training :class:`NIHIndex`;
+            ``sources.path(batch["source"][i])`` is each source's file).
+        feather: the blend's edge in native pixels, 0 to 4.
+    """
+
+    def __init__(self, pool_uri: str, generator_run: str, sources: NIHIndex, feather: float | None = None) -> None:
+        from augment.augmentation.native import FEATHER_PX, MAX_REACH_PX
+
+        if not callable(getattr(sources, "path", None)):
+            raise TypeError(f"WriteStep needs the sources' index (an NIHIndex, for its .path), got {type(sources).__name__}")
+        feather = FEATHER_PX if feather is None else float(feather)
+        if not 0.0 <= feather <= MAX_REACH_PX:
+            raise ValueError(f"WriteStep: feather must lie in [0, {MAX_REACH_PX:g}] native pixels, got {feather}")
         self.pool = PoolWriter(pool_uri)
         self.generator_run = generator_run
+        self.sources = sources
+        self.feather = feather
+
+    def _native(self, batch: Batch, i: int) -> tuple[np.ndarray, np.ndarray, int, str | None]:
+        """(image, mask, bits, why not native): the item at its source's resolution, or the
+        working-resolution one and the reason (the source is unreadable)."""
+        from augment.augmentation.native import paste_native
+        from augment.data.io import read_raw
+
+        synthetic, mask = batch["synthetic"][i], batch["mask"][i]
+        try:
+            raw = read_raw(self.sources.path(str(batch["source"][i])))
+        except ImageReadError as exc:
+            return synthetic, mask, 8, str(exc)
+        working = batch["image"][i] if "image" in batch else None
+        res = paste_native(raw.pixels, synthetic, mask, working_source=working, feather=self.feather)
+        return res.image, res.mask, res.bits, None
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["item_id"])
+        accepted_out = np.array([bool(a) for a in batch["accepted"]])
+        reason_out = np.array([str(r) for r in batch["reason"]], dtype=object)
         for i in range(n):
-            m = batch["mask"][i]
+            image, m, bits, unreadable = self._native(batch, i)
+            accepted, reason = bool(batch["accepted"][i]), str(batch["reason"][i])
+            if unreadable is not None:
+                log.warning("item %s: source unreadable at write time, written at the working resolution and "
+                            "rejected: %s", batch["item_id"][i], unreadable)
+                if accepted:
+                    accepted, reason = False, "native_source_unreadable"
+            accepted_out[i], reason_out[i] = accepted, reason
             pb, pa, ncc = (float(batch[k][i]) for k in ("prob_before", "prob_after", "registration_ncc"))
             row = ProvenanceRow(
                 item_id=str(batch["item_id"][i]),
@@ -305,11 +357,11 @@ class WriteStep:
                 source_patient=int(batch["source_patient"][i]),
                 reference=str(batch["reference"][i]),
                 mask=str(batch["output_name"][i]),
-                mask_area=float(m.mean()) if m.size else 0.0,
+                mask_area=float(np.asarray(m, dtype=np.float32).mean()) if m.size else 0.0,
                 prob_before=None if np.isnan(pb) else pb,
                 prob_after=None if np.isnan(pa) else pa,
-                accepted=bool(batch["accepted"][i]),
-                reason=str(batch["reason"][i]),
+                accepted=accepted,
+                reason=reason,
                 registration_ncc=None if np.isnan(ncc) else ncc,
                 generator_run=self.generator_run,
                 seed=int(batch["seed"][i]),
@@ -317,9 +369,13 @@ class WriteStep:
                 verifier_after=_opt(batch, "verifier_after", i),
                 verifier_threshold=_opt(batch, "verifier_threshold", i),
                 judges=str(batch["judges"][i]) if "judges" in batch else None,
+                width=int(image.shape[-1]),
+                height=int(image.shape[-2]),
+                bits=bits,
+                resolution="working" if unreadable is not None else "native",
             )
-            self.pool.write_item(row, batch["synthetic"][i], m)
-        return {k: batch[k] for k in ("item_id", "finding", "accepted", "reason")}
+            self.pool.write_item(row, image, m)
+        return {"item_id": batch["item_id"], "finding": batch["finding"], "accepted": accepted_out, "reason": reason_out}
 
 
 def run_in_process(
