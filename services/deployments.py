@@ -37,7 +37,7 @@ log = logging.getLogger("cxr.serve")
 
 __all__ = ["Generator", "USER_CONFIG_KEYS", "error_dict", "public_message", "public_location", "json_safe"]
 
-USER_CONFIG_KEYS = ("classifier", "generator", "references", "batching", "max_batch_size", "batch_wait_timeout_s")
+USER_CONFIG_KEYS = ("classifier", "generator", "references", "verifier", "batching", "max_batch_size", "batch_wait_timeout_s")
 
 
 def error_dict(status: int, code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -119,7 +119,7 @@ class Generator:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-torch")
         self._bundle = None
         self._serve_cfg: ServeConfig = self.cfg.serve
-        self._loaded_from: tuple[str, str, str] | None = None
+        self._loaded_from: tuple[str, str, str, str | None] | None = None
         self._examples: dict[str, Any] = {}  # id -> augment.generation.bundle.Example
         self._examples_from: tuple[str, int] | None = None
         self._instance = secrets.token_hex(4)  # tells replicas apart (and restarts) without naming a PID
@@ -139,7 +139,7 @@ class Generator:
             raise ValueError(f"unknown user_config key(s) {unknown}; allowed: {list(USER_CONFIG_KEYS)}")
         serve_cfg = ServeConfig.model_validate({**self.cfg.serve.model_dump(), **user_config})
         spec = default_locations(self.cfg.model_copy(update={"serve": serve_cfg}))
-        key = (spec.classifier, spec.generator, spec.references)
+        key = (spec.classifier, spec.generator, spec.references, spec.verifier)
         if key != self._loaded_from:
             t0 = time.perf_counter()
             bundle = load_bundle(self.cfg, ModelSpec(*key))
@@ -196,7 +196,7 @@ class Generator:
         b = self._require()
         s = self._serve_cfg
         info = {k: (dict(v) if isinstance(v, dict) else v) for k, v in b.info.items() if k != "loaded_at"}
-        for part in ("classifier", "generator"):
+        for part in ("classifier", "generator", "verifier"):
             if isinstance(info.get(part), dict):
                 info[part].pop("path", None)
                 info[part]["uri"] = public_location(info[part].get("uri"))

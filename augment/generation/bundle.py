@@ -37,6 +37,7 @@ class ModelSpec:
     classifier: str
     generator: str
     references: str
+    verifier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class ModelBundle:
         work_size: side length at which references are read and registration runs.
         device: where the models live.
         info: JSON-ready description (checkpoint configs, load time), for ``/v1/models``.
+        verifier: the local finding verifier (:class:`~augment.quality.verifier.Verifier`),
+            the gate's judge; None when none was found (the classifier alone judges).
     """
 
     classifier: torch.nn.Module
@@ -61,6 +64,7 @@ class ModelBundle:
     work_size: int
     device: torch.device
     info: dict[str, Any] = field(default_factory=dict)
+    verifier: Any = None
 
     @property
     def available_findings(self) -> list[str]:
@@ -83,6 +87,7 @@ def default_locations(cfg: RunConfig) -> ModelSpec:
         classifier=cfg.serve.classifier or str(out / "classifier" / "classifier.pt"),
         generator=cfg.serve.generator or str(out / "generator" / GENERATOR_NAME),
         references=cfg.serve.references or str(data_root(cfg)),
+        verifier=cfg.serve.verifier or str(out / "verifier" / "verifier.pt"),
     )
 
 
@@ -221,6 +226,16 @@ def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.dev
         raise ValueError(f"reference folder {root} does not exist; set serve.references to an NIH-layout folder")
     size = cfg.data.image_size
     bank = _reference_bank(root, cfg, classifier, size, cfg.serve.references_per_finding)
+    verifier = None
+    if cfg.quality.judge == "verifier" and spec.verifier:
+        from augment.quality.verifier import load_verifier
+
+        local = Path(str(spec.verifier).removeprefix("file://"))
+        if local.is_file() or "://" in str(spec.verifier):
+            verifier = load_verifier(resolve_checkpoint(spec.verifier, ("verifier.pt",), cfg.tracking.uri), map_location=dev)
+        else:
+            log.warning("no verifier checkpoint at %s: the gate judges with the classifier alone "
+                        "(train one with `python -m jobs.train_verifier` or set serve.verifier)", spec.verifier)
     info = {
         "device": str(dev),
         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -243,5 +258,8 @@ def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.dev
             "attention": cfg.attention.source,
             "per_finding": {f: len(v) for f, v in bank.ids.items()},
         },
+        "verifier": None if verifier is None else {
+            "uri": spec.verifier, "findings": verifier.findings, "thresholds": verifier.thresholds,
+        },
     }
-    return ModelBundle(classifier, generator, bank, spec, size, dev, info)
+    return ModelBundle(classifier, generator, bank, spec, size, dev, info, verifier)

@@ -38,6 +38,7 @@ from augment.generation.seeded import inpaint_seeded, seed_generator
 from augment.inpainting.sampler import findings_tensor
 from augment.quality import GateDecision, evaluate_gate
 from augment.registration import choose_references, transfer_region
+from augment.registration.lesion import carry_lesion
 
 __all__ = [
     "GenerationRequest",
@@ -263,11 +264,18 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
     ref_maps = torch.stack([bank.maps[f][idx] for _, f, idx in keys])
     region = transfer_region(fixed, moving, ref_maps, reg_cfg, min_area=cfg.attention.min_area, max_area=cfg.attention.max_area)
     reg = region.registration
-    # (P, 1, S, S): the carried map inside each pair's bounded region, zero elsewhere
-    carried = (region.map * region.mask).detach().float().cpu()
+    lesion_coupling = cfg.inpainting.coupling == "lesion"
+    if lesion_coupling:
+        # the reference's real lesion, moved to the carried place with its own shape (as in the batch job)
+        moved = carry_lesion(fixed, moving, ref_maps, region, reg_cfg.mask_threshold, cfg.inpainting.region_margin)
+        carried = moved.region.float().cpu()
+        added = (moved.base - fixed.float()).cpu()  # (P, 1, S, S) the lesion's contrast, zero outside its region
+    else:
+        # (P, 1, S, S): the carried map inside each pair's bounded region, zero elsewhere
+        carried = (region.map * region.mask).detach().float().cpu()
 
     # 3. masks at each image's own size, then inpainting grouped by (size, steps, guidance).
-    items = []  # (request, sample, seed, mask (1,1,H,W) bool, references)
+    items = []  # (request, sample, seed, mask (1,1,H,W) bool, references, base (1,1,H,W) or None)
     for ri, r in enumerate(reqs):
         h, w = r.image.shape[-2:]
         for j, picks in enumerate(plan[ri]):
@@ -289,14 +297,20 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
                     )
                 )
             merged = torch.cat(maps).amax(dim=0, keepdim=True)
+            base = None
+            if lesion_coupling:
+                delta = torch.cat([added[pairs[(ri, f, idx)]][None] for f, (idx, _, _) in picks.items()]).sum(0, keepdim=True)
+                if (h, w) != (size, size):
+                    delta = F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False)
+                base = (r.image.float() + delta).clamp(0.0, 1.0)
             if (h, w) != (size, size):
                 merged = F.interpolate(merged, size=(h, w), mode="bilinear", align_corners=False)
             mask = merged >= reg_cfg.mask_threshold
-            items.append((ri, j, r.seed + j, mask, tuple(used)))
+            items.append((ri, j, r.seed + j, mask, tuple(used), base))
 
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     groups: dict[tuple, list[int]] = {}
-    for k, (ri, j, seed, mask, _) in enumerate(items):
+    for k, (ri, j, seed, mask, _, _) in enumerate(items):
         if bool(mask.any()):
             r = reqs[ri]
             groups.setdefault((tuple(r.image.shape[-2:]), r.steps, r.guidance), []).append(k)
@@ -307,7 +321,8 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
         imgs = torch.cat([reqs[items[k][0]].image for k in ks])
         masks = torch.cat([items[k][3] for k in ks])
         cond = findings_tensor([list(reqs[items[k][0]].findings) for k in ks])
-        res = inpaint_seeded(bundle.generator, imgs, masks, cond, icfg, [items[k][2] for k in ks])
+        base = torch.cat([items[k][5] for k in ks]) if lesion_coupling else None
+        res = inpaint_seeded(bundle.generator, imgs, masks, cond, icfg, [items[k][2] for k in ks], base=base)
         for n, k in enumerate(ks):
             outputs[(items[k][0], items[k][1])] = res.images[n : n + 1].float().cpu()
 
@@ -334,10 +349,11 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
             cfg=cfg.quality,
             prob_fn=prob_fn,
             p_before=torch.stack([before[items[k][0]] for k in ks]),
+            verifier=bundle.verifier,
         )
         after = seen[-1]
         for n, k in enumerate(ks):
-            ri, j, seed, mask, used = items[k]
+            ri, j, seed, mask, used, _ = items[k]
             done[k] = GeneratedSample(outputs[(ri, j)], mask, used, _as_dict(after[n]), decisions[n], seed)
     results: list[GenerationResult] = []
     for k, (ri, *_rest) in enumerate(items):

@@ -180,3 +180,27 @@ def test_register_images_improves_similarity_and_carries_the_map(setup):
         register_images(healthy, diseased[..., :48, :48], cfg.registration, 32)
     with pytest.raises(ValueError, match="map is"):
         register_images(healthy, diseased, cfg.registration, 32, m[..., :32, :32])
+
+
+def test_serve_gate_judges_with_the_verifier_when_one_is_there(setup, tmp_path):
+    """The bundle loads serve.verifier; generation's gate then judges with it, as the batch job does."""
+    from augment.quality.verifier import CropSet, fit_verifier, save_verifier
+
+    cfg, bundle, healthy, *_ = setup
+    assert bundle.verifier is None  # the tiny setup has none: the classifier judged
+    vcfg = cfg.verifier.model_copy(update={"epochs": 1, "channels": [4], "crop_size": 16, "input_size": 16})
+    g = torch.Generator().manual_seed(0)
+    crops = CropSet(crops=torch.randn(8, 1, 16, 16, generator=g).numpy(),
+                    targets=torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 1.0]] * 4).numpy(),
+                    kinds=__import__("numpy").array(["positive"] * 8), finding=__import__("numpy").array(["Mass"] * 8),
+                    groups=__import__("numpy").arange(8), findings=["Mass", "Cardiomegaly"])
+    fit = fit_verifier(crops, crops, vcfg)
+    path = save_verifier(tmp_path / "verifier.pt", fit, vcfg, ["Mass", "Cardiomegaly"], cfg.data.image_size)
+    spec = bundle.spec.__class__(bundle.spec.classifier, bundle.spec.generator, bundle.spec.references, str(path))
+    with_verifier = load_bundle(cfg, spec)
+    assert with_verifier.verifier is not None and with_verifier.info["verifier"]["findings"] == ["Mass", "Cardiomegaly"]
+    (res,) = generate_batch(with_verifier, cfg, [GenerationRequest(healthy, ("Mass",), seed=0)])
+    d = res.samples[0].decision
+    assert d.judges == ("verifier",) and len(d.verifier_after) == 1 and len(d.verifier_threshold) == 1
+    (res,) = generate_batch(with_verifier, cfg, [GenerationRequest(healthy, ("Effusion",), seed=0)])
+    assert "unverifiable" in res.samples[0].decision.reasons  # a finding it never learned is not passed
