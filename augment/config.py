@@ -177,6 +177,11 @@ class InpaintingConfig(StageConfig):
     finding_sampling: Literal["balanced", "proportional"] = Field(
         "balanced", description="finding examples: balanced = each finding equally often (rare ones too); proportional = as in the data"
     )
+    focus_findings: list[str] = Field(
+        default_factory=list, description="findings whose masks are drawn focus_weight times as often among the finding "
+        "examples (the ones the augment job paints: the generator's budget where it pays)"
+    )
+    focus_weight: float = Field(4.0, ge=1.0, le=100.0)
     train_steps: int = Field(800, ge=1, description="sized for the 15-minute CPU budget: ~1.1 s/step on one thread under load (crop 64, batch 8)")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0.0, description="AdamW; 1e-3 beat 2e-4 on the short CPU budget (small UNet, grad clip 1.0)")
@@ -200,6 +205,13 @@ class InpaintingConfig(StageConfig):
     bf16: bool = True
     seed: int = Field(0, ge=0, description=SEED_HELP)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+    @field_validator("focus_findings")
+    @classmethod
+    def _known_focus(cls, v: list[str]) -> list[str]:
+        _check_findings(v, "inpainting.focus_findings")
+        return v
 
 
 class BaselineConfig(StageConfig):
@@ -454,6 +466,8 @@ class ServeConfig(StageConfig):
 
     classifier: str | None = Field(None, description="classifier checkpoint or MLflow model URI; default <output_dir>/classifier/classifier.pt")
     generator: str | None = Field(None, description="inpainting checkpoint or MLflow model URI; default <output_dir>/generator/generator.pt")
+    verifier: str | None = Field(None, description="local finding verifier checkpoint (the gate's judge); default <output_dir>/verifier/verifier.pt; "
+                                 "without one the classifier alone judges")
     references: str | None = Field(None, description="NIH-layout folder of diseased reference images; default the profile's data root")
     references_per_finding: int = Field(32, ge=1, le=4096, description="diseased references kept in memory per finding")
     example_sources: int = Field(8, ge=0, le=64, description="healthy example sources offered by /v1/examples and the page: the first N 'No Finding' images of the references folder; 0 disables")

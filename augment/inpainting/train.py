@@ -246,14 +246,21 @@ class TrainBatch:
     cond: Conditioning
 
 
-def _pick_masks(data: GeneratorTrainingSet, n: int, how: str, generator: torch.Generator | None) -> torch.Tensor:
+def _pick_masks(data: GeneratorTrainingSet, n: int, how: str, generator: torch.Generator | None,
+                focus: list[str] | None = None, focus_weight: float = 1.0) -> torch.Tensor:
     """``n`` rows of ``data.masks``: uniform over masks, or (balanced) uniform over findings first,
-    so that a rare finding (the ones augmentation is for) is trained on as often as a common one."""
+    so that a rare finding (the ones augmentation is for) is trained on as often as a common one.
+    Masks of a ``focus`` finding weigh ``focus_weight`` times more."""
     if how == "proportional":
-        return torch.randint(data.masks.shape[0], (n,), generator=generator)
-    counts = data.mask_findings.sum(0).clamp(min=1.0)
-    weights = (data.mask_findings / counts).amax(dim=1)  # a mask counts for its rarest finding
-    weights = torch.where(weights > 0, weights, torch.ones_like(weights) / counts.max())
+        weights = torch.ones(data.masks.shape[0])
+    else:
+        counts = data.mask_findings.sum(0).clamp(min=1.0)
+        weights = (data.mask_findings / counts).amax(dim=1)  # a mask counts for its rarest finding
+        weights = torch.where(weights > 0, weights, torch.ones_like(weights) / counts.max())
+    if focus and focus_weight != 1.0:
+        cols = [FINDINGS.index(f) for f in focus]
+        hit = data.mask_findings[:, cols].sum(1) > 0
+        weights = torch.where(hit, weights * focus_weight, weights)
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
@@ -283,7 +290,7 @@ def sample_batch(
     lab = torch.zeros(b, len(FINDINGS))
     n_f = int(use_finding.sum())
     if n_f:
-        pick = _pick_masks(data, n_f, cfg.finding_sampling, generator)
+        pick = _pick_masks(data, n_f, cfg.finding_sampling, generator, cfg.focus_findings, cfg.focus_weight)
         x[use_finding] = data.images[data.mask_rows[pick]]
         m[use_finding] = data.masks[pick]
         lab[use_finding] = data.mask_findings[pick]
