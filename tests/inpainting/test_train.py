@@ -127,3 +127,21 @@ def test_balanced_sampling_draws_rare_findings_as_often_as_common_ones():
     assert abs(float(rare_share) - 0.5) < 0.05
     rare_share = (_pick_masks(data, 4000, "proportional", g) >= n_common).float().mean()
     assert abs(float(rare_share) - 0.1) < 0.03
+
+
+def test_focus_findings_are_drawn_focus_weight_times_as_often():
+    from augment.findings import FINDINGS
+    from augment.inpainting.train import _pick_masks, grow_masks
+
+    mf = torch.zeros(100, 14)
+    mf[:50, 0] = 1
+    mf[50:, 5] = 1
+    data = SimpleNamespace(mask_findings=mf, masks=torch.zeros(100, 1, 4, 4, dtype=torch.bool))
+    g = torch.Generator().manual_seed(0)
+    share = (_pick_masks(data, 8000, "balanced", g, [FINDINGS[5]], 3.0) >= 50).float().mean()
+    assert abs(float(share) - 0.75) < 0.03  # 3 : 1
+    # regions with a margin: each mask grows by its own number of pixels
+    m = torch.zeros(2, 1, 9, 9, dtype=torch.bool)
+    m[:, :, 4, 4] = True
+    grown = grow_masks(m, torch.tensor([0, 2]))
+    assert int(grown[0].sum()) == 1 and int(grown[1].sum()) == 25
