@@ -106,7 +106,9 @@ def test_fit_generator_on_phantom_ground_truth(tmp_path):
 
 def test_healthy_examples_also_get_finding_shaped_masks(folder):
     ts = build_training_set(folder, 32, mask_fn=box_mask_fn)
-    cfg = InpaintingConfig(**{**TINY, "finding_fraction": 0.0, "batch_size": 40, "crop_size": 32})
+    cfg = InpaintingConfig(
+        **{**TINY, "finding_fraction": 0.0, "batch_size": 40, "crop_size": 32, "region_margin": 0}
+    )  # region_margin 0: training regions are the finding masks themselves, not grown ones
     b = sample_batch(ts, cfg, torch.Generator().manual_seed(0))
     assert b.cond.findings.sum() == 0  # all healthy: no label
     # crop_size 32 on 32-pixel images: boxes are the whole image, so crop masks are the masks
