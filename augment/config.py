@@ -198,6 +198,10 @@ class InpaintingConfig(StageConfig):
         "the source (its position by the field, its shape kept), so the flow harmonises a real lesion"
     )
     coupling_t0: float = Field(0.5, ge=0.0, lt=1.0, description="start time of the lesion coupling: 0 ignores the lesion, near 1 keeps it as pasted")
+    keep_detail: bool = Field(
+        True, description="lesion coupling: where the region's crop is larger than crop_size (painted downsampled), keep the "
+        "carried lesion's detail finer than the crop (a pneumothorax's thin pleural line) and add the flow's change to it"
+    )
     region_margin: int = Field(
         4, ge=0, le=64, description="working-resolution pixels the repainted region extends beyond the lesion (lesion coupling), "
         "so the flow draws the lesion's boundary itself"
@@ -318,10 +322,11 @@ class VerifierConfig(StageConfig):
     input_size: int = Field(32, ge=8, le=256, description="the network's input side; crops are resized to it")
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64], description="conv widths, one stride-2 level each")
     negatives_per_positive: int = Field(3, ge=1, le=50, description="crops of the same place in images without the finding, per positive")
-    hard_negatives: list[Literal["noise", "mean", "blur"]] = Field(
-        default_factory=lambda: ["noise", "mean", "blur"],
-        description="the finding's region in a healthy crop filled with matched noise, its mean, or a blur of its surroundings: "
-        "negatives that teach 'the finding', not 'something changed'",
+    hard_negatives: list[Literal["noise", "mean", "blur", "generator"]] = Field(
+        default_factory=lambda: ["noise", "mean", "blur", "generator"],
+        description="the finding's region in a healthy crop filled with matched noise, its mean, a blur of its surroundings, or "
+        "painted by the generator conditioned on 'No Finding' (needs the generator checkpoint): negatives that teach "
+        "'the finding', not 'something changed' or 'the generator's texture'",
     )
     positive_jitter: int = Field(3, ge=0, le=64, description="training positives are re-centred up to this many pixels off the region")
     positive_repeats: int = Field(4, ge=1, le=64, description="each positive region is cropped this many times (jittered, flipped)")
@@ -330,7 +335,7 @@ class VerifierConfig(StageConfig):
     lr: float = Field(2e-3, gt=0.0)
     max_regions: int = Field(400, ge=1, description="positive regions read per finding (a random subset of larger sets)")
     min_val_positives: int = Field(
-        3, ge=1, description="a finding with fewer validation regions takes its threshold from 3-fold cross-validation on training regions"
+        3, ge=1, description="a finding with fewer validation regions gets threshold 0.5 (not chosen on validation; a warning says so)"
     )
     seed: int = Field(0, ge=0, description=SEED_HELP)
 

@@ -139,19 +139,23 @@ def _generator_stage(cfg: RunConfig, train: NIHIndex, upstream: list[str], paren
     return run_stage(cfg.output_dir, "generator", key, work)
 
 
-SAMPLING_KEYS = {"steps", "solver", "atol", "rtol", "guidance", "coupling", "coupling_t0", "device"}
+SAMPLING_KEYS = {"steps", "solver", "atol", "rtol", "guidance", "coupling", "coupling_t0", "keep_detail", "device"}
 """Inpainting settings that only change how the trained network samples (not part of the generator's stage key)."""
 
 
 def _verifier_stage(cfg: RunConfig, train: NIHIndex, val: NIHIndex, classifier: Path, upstream: list[str],
-                    parent_run_id: str) -> StageResult:
-    from jobs.train_verifier import train_verifier, verifier_findings
+                    parent_run_id: str, generator: StageResult | None = None) -> StageResult:
+    from jobs.train_verifier import painter_settings, train_verifier, verifier_findings
 
+    painted = "generator" in cfg.verifier.hard_negatives and generator is not None
     key = stage_key({"verifier": cfg.verifier.model_dump(mode="json"), "findings": verifier_findings(cfg),
-                     "attention": cfg.attention.model_dump(mode="json"), "image_size": cfg.data.image_size}, upstream)
+                     "attention": cfg.attention.model_dump(mode="json"), "image_size": cfg.data.image_size,
+                     **({"painter": painter_settings(cfg)} if painted else {})},
+                    upstream + ([generator.key] if painted else []))  # type: ignore[union-attr]
+    gen_ckpt = str(generator.path / generator.result["checkpoint"]) if painted else None  # type: ignore[union-attr]
 
     def work(out: Path) -> dict[str, Any]:
-        res = train_verifier(cfg, train, val, out, parent_run_id, str(classifier))
+        res = train_verifier(cfg, train, val, out, parent_run_id, str(classifier), gen_ckpt)
         shutil.rmtree(out / "ray", ignore_errors=True)
         return {"checkpoint": res.checkpoint_path.name, "mlflow_run_id": res.run_id, "report": res.report,
                 "threshold_source": res.threshold_source, "skipped": res.skipped, "crops": res.crops,
@@ -171,14 +175,14 @@ def classifier_sees(stage: StageResult, floor: float) -> list[str]:
 
 def _print_verifier(res: dict[str, Any]) -> None:
     print("\nLocal finding verifier (the gate's judge), on validation crops of patients it never saw:")
-    print(f"{'finding':<16}{'regions':>8}{'AUC':>7}{'thresh':>8}{'pass: real':>11}{'place':>7}{'noise':>7}{'mean':>7}{'blur':>7}")
+    print(f"{'finding':<16}{'regions':>8}{'AUC':>7}{'thresh':>8}{'pass: real':>11}{'place':>7}{'noise':>7}{'mean':>7}{'blur':>7}{'gen':>7}")
     for f, r in res["report"].items():
         def pct(k: str) -> str:
             v = r.get(f"pass.{k}")
             return "n/a" if v is None else f"{100 * v:.0f}%"
 
         print(f"{f:<16}{r['n_positive']:>8}{_fmt(r['auc'], '.2f'):>7}{_fmt(r.get('threshold'), '.2f'):>8}"
-              f"{pct('positive'):>11}{pct('place'):>7}{pct('noise'):>7}{pct('mean'):>7}{pct('blur'):>7}")
+              f"{pct('positive'):>11}{pct('place'):>7}{pct('noise'):>7}{pct('mean'):>7}{pct('blur'):>7}{pct('generator'):>7}")
     for f, why in res.get("threshold_source", {}).items():
         if not why.startswith("Youden"):
             print(f"  {f}: threshold {why}")
@@ -396,7 +400,7 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
             lap("generator")
             ver = None
             if cfg.quality.judge == "verifier":
-                ver = _verifier_stage(cfg, split.train, split.val, base_ckpt, [data.key, base.key], pid)
+                ver = _verifier_stage(cfg, split.train, split.val, base_ckpt, [data.key, base.key], pid, gen)
                 results["verifier"] = ver.result
                 _print_verifier(ver.result)
                 lap("verifier")

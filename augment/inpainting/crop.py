@@ -146,7 +146,13 @@ def coord_maps(boxes: list[CropBox], height: int, width: int, size: int, device:
     return torch.stack(maps)
 
 
-def paste(image: torch.Tensor, patch: torch.Tensor, boxes: list[CropBox], mask: torch.Tensor) -> torch.Tensor:
+def paste(
+    image: torch.Tensor,
+    patch: torch.Tensor,
+    boxes: list[CropBox],
+    mask: torch.Tensor,
+    detail: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Put generated crops back into the masked pixels of ``image``.
 
     Args:
@@ -154,16 +160,30 @@ def paste(image: torch.Tensor, patch: torch.Tensor, boxes: list[CropBox], mask: 
         patch: (B, 1, S, S) generated crops, same value range as ``image``.
         boxes: where each crop came from.
         mask: (B, 1, H, W); only pixels with ``mask > 0.5`` change.
+        detail: (B, 1, H, W) or None. Where a box is larger than the crop (the model painted
+            it downsampled), the pasted values are ``detail`` plus the upsampled change the
+            model made to ``detail``'s downsampled crop: the model's picture at its own
+            resolution, with ``detail``'s finer structure the crop could not hold (a carried
+            lesion's thin rim). Boxes no larger than the crop ignore it.
 
     Returns:
-        (B, 1, H, W); bit-identical to ``image`` outside the mask.
+        (B, 1, H, W) in the range of the inputs (clamped to [0, 1] where ``detail`` was added);
+        bit-identical to ``image`` outside the mask.
     """
     _check_mask(mask)
+    if detail is not None and detail.shape != image.shape:
+        raise ValueError(f"detail must have the image's shape {tuple(image.shape)}, got {tuple(detail.shape)}")
     full = image.clone()
     for i, b in enumerate(boxes):
         p = patch[i : i + 1].to(image.dtype)
         if b.size != p.shape[-1]:
             shrink = b.size < p.shape[-1]
-            p = F.interpolate(p, size=(b.size, b.size), mode="bilinear", antialias=shrink, align_corners=False)
+            if detail is not None and not shrink:
+                d = detail[i : i + 1, :, b.top : b.top + b.size, b.left : b.left + b.size].to(image.dtype)
+                change = p - _resize(d, p.shape[-1])
+                up = F.interpolate(change, size=(b.size, b.size), mode="bilinear", align_corners=False)
+                p = (d + up).clamp(0.0, 1.0)
+            else:
+                p = F.interpolate(p, size=(b.size, b.size), mode="bilinear", antialias=shrink, align_corners=False)
         full[i : i + 1, :, b.top : b.top + b.size, b.left : b.left + b.size] = p
     return torch.where(mask > 0.5, full, image)

@@ -231,24 +231,25 @@ def inpaint(
         noise = torch.cat([torch.randn((1, *x1.shape[1:]), generator=g, dtype=torch.float32) for g in generator]).to(device)
     else:
         noise = torch.randn(x1.shape, generator=generator, dtype=torch.float32).to(device)
-    t0 = 0.0
+    t_start = 0.0  # where the ODE starts on the path (the lesion coupling starts part-way)
     if cfg.coupling == "lesion" and base is not None:
         if base.shape != image.shape:
             raise ValueError(f"base must have the image's shape {tuple(image.shape)}, got {tuple(base.shape)}")
-        t0 = float(cfg.coupling_t0)
+        t_start = float(cfg.coupling_t0)
         start = to_model_space(crop(base.float(), boxes, size).to(device))
-        noise = (1.0 - t0) * noise + t0 * start
+        noise = (1.0 - t_start) * noise + t_start * start
     x0 = torch.where(m > 0.5, noise, to_model_space(x1))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), autocast(device, cfg.bf16):
             velocity = guided_velocity(model, cond, cfg.guidance)
-            x, nfe = integrate(velocity, x0, m, cfg.steps, cfg.solver, cfg.atol, cfg.rtol, t0=t0)
+            x, nfe = integrate(velocity, x0, m, cfg.steps, cfg.solver, cfg.atol, cfg.rtol, t0=t_start)
     finally:
         model.train(was_training)
     patch = to_image_space(x.float()).cpu()
-    out = paste(image.cpu(), patch, boxes, maskb.cpu().float())
+    detail = base.float().cpu() if t_start > 0.0 and cfg.keep_detail else None
+    out = paste(image.cpu(), patch, boxes, maskb.cpu().float(), detail=detail)
     return InpaintResult(
         images=out.to(image.device),
         masks=maskb.to(image.device),
