@@ -2,14 +2,16 @@
 
 Run it on its own::
 
-    python -m jobs.train_verifier --config configs/local.yaml [--classifier runs/local/classifier/classifier.pt]
+    python -m jobs.train_verifier --config configs/local.yaml [--generator runs/local/generator/generator.pt]
     ray job submit --working-dir . -- python -m jobs.train_verifier --config configs/local.yaml
 
 or in-process from the pipeline (its ``verifier`` stage, between the classifier and the
 augment job): :func:`train_verifier`. The driver cuts the crops
 (:func:`augment.quality.verifier.build_crops`: positives around the training split's finding
 regions, the same places in images without the finding, and filled hard negatives; the
-validation split's crops the same way, patient-disjoint); a Ray Train worker fits the network
+validation split's crops the same way, patient-disjoint; with ``generator`` among
+``verifier.hard_negatives`` the generator also repaints those places as "No Finding", so the
+verifier learns that the generator's own texture is not a finding); a Ray Train worker fits the network
 (:func:`augment.quality.verifier.fit_verifier`) and chooses each finding's threshold on the
 validation crops. MLflow gets the per-finding validation AUC, the threshold and the pass rate
 of every kind of validation crop at it, and the checkpoint.
@@ -35,7 +37,7 @@ from augment.data.nih import NIHIndex
 
 log = logging.getLogger("cxr.train_verifier")
 
-__all__ = ["TrainedVerifier", "train_verifier", "verifier_findings", "main"]
+__all__ = ["TrainedVerifier", "make_painter", "painter_settings", "train_verifier", "verifier_findings", "main"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,39 @@ class TrainedVerifier:
 def verifier_findings(cfg: RunConfig) -> list[str]:
     """``verifier.findings``, else the augment job's findings."""
     return list(cfg.verifier.findings or cfg.augment.findings)
+
+
+def painter_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The inpainting settings the generator's hard negatives are painted with (part of the stage's cache key)."""
+    return {"steps": cfg.inpainting.steps, "solver": cfg.inpainting.solver, "guidance": cfg.inpainting.guidance,
+            "region_margin": cfg.inpainting.region_margin, "crop_size": cfg.inpainting.crop_size,
+            "context": cfg.inpainting.context, "region": cfg.inpainting.region}
+
+
+def make_painter(cfg: RunConfig, checkpoint: str | os.PathLike) -> Any:
+    """``painter(images, regions, seeds)``: the generator repaints each region as "No Finding" from noise.
+
+    Raises:
+        ValueError: the checkpoint is missing (names the fix).
+    """
+    import torch
+
+    from augment.inpainting import inpaint, load_generator
+    from augment.inpainting.model import resolve_device
+
+    if not Path(checkpoint).is_file():
+        raise ValueError(
+            f"verifier.hard_negatives names 'generator' but there is no generator checkpoint at {checkpoint}: train one "
+            "(python -m jobs.train_generator), pass --generator, or drop 'generator' from verifier.hard_negatives")
+    model = load_generator(checkpoint, map_location=resolve_device(cfg.inpainting.device))
+    icfg = cfg.inpainting.model_copy(update={"coupling": "noise"})
+
+    def paint(images: Any, regions: Any, seeds: list[int]) -> Any:
+        healthy = torch.zeros(len(seeds), 14)
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        return inpaint(model, images, regions, healthy, icfg, generator=gens).images
+
+    return paint
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -119,11 +154,16 @@ def train_verifier(
     out_dir: str | os.PathLike,
     parent_run_id: str | None = None,
     classifier_checkpoint: str | None = None,
+    generator_checkpoint: str | None = None,
 ) -> TrainedVerifier:
     """Cut the crops, train the verifier with Ray Train, write ``verifier.pt`` and ``report.json``.
 
+    ``generator_checkpoint`` paints the ``generator`` hard negatives; without it they are left
+    out with a warning.
+
     Raises:
-        ValueError: no finding has a region in the training split, or an empty split.
+        ValueError: no finding has a region in the training split, an empty split, or a
+            generator checkpoint that does not exist.
     """
     from augment import tracking
     from augment.quality.verifier import CHECKPOINT_NAME, build_crops
@@ -135,10 +175,19 @@ def train_verifier(
     out.mkdir(parents=True, exist_ok=True)
     findings = verifier_findings(cfg)
     attention = _attention(cfg, train_index, classifier_checkpoint)
+    vcfg, painter = cfg.verifier, None
+    if "generator" in vcfg.hard_negatives:
+        if generator_checkpoint:
+            painter = make_painter(cfg, generator_checkpoint)
+        else:
+            log.warning("verifier: no generator checkpoint: its 'generator' hard negatives are left out")
+            vcfg = vcfg.model_copy(update={"hard_negatives": [h for h in vcfg.hard_negatives if h != "generator"]})
+    grow = cfg.inpainting.region_margin + 2  # the region the augment job repaints (carry_lesion's margin)
     t0 = time.perf_counter()
-    train = build_crops(train_index, findings, attention, cfg.verifier, cfg.data.image_size, training=True, seed=cfg.verifier.seed)
-    val = build_crops(val_index, findings, attention, cfg.verifier, cfg.data.image_size, training=False,
-                      seed=cfg.verifier.seed + 1)
+    train = build_crops(train_index, findings, attention, vcfg, cfg.data.image_size, training=True, seed=vcfg.seed,
+                        painter=painter, paint_grow=grow)
+    val = build_crops(val_index, findings, attention, vcfg, cfg.data.image_size, training=False, seed=vcfg.seed + 1,
+                      painter=painter, paint_grow=grow)
     crop_seconds = time.perf_counter() - t0
     if len(train.skipped) == len(findings):
         raise ValueError(f"no training region for any verifier finding ({train.skipped}); the gate cannot verify them")
@@ -190,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key, e.g. --set verifier.epochs=10 (repeatable)")
     parser.add_argument("--classifier", default=None, help="classifier checkpoint (needed with attention.source gradcam)")
+    parser.add_argument("--generator", default=None,
+                        help="flow generator that paints the 'generator' hard negatives (default <output_dir>/generator/generator.pt)")
     parser.add_argument("--parent-run-id", default=None, help="make the MLflow run a child of this run")
     parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/verifier)")
     args = parser.parse_args(argv)
@@ -204,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _, split = prepare_data(cfg)
         out = Path(args.out) if args.out else Path(cfg.output_dir) / "verifier"
-        trained = train_verifier(cfg, split.train, split.val, out, args.parent_run_id, args.classifier)
+        gen = args.generator or str(Path(cfg.output_dir) / "generator" / "generator.pt")  # a missing one: ValueError
+        trained = train_verifier(cfg, split.train, split.val, out, args.parent_run_id, args.classifier,
+                                 gen if "generator" in cfg.verifier.hard_negatives else None)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,9 @@ What it learns from (:func:`build_crops`), per finding:
   few pixels off and mirrored (``positive_repeats``, ``positive_jitter``);
 * **place negatives**: crops of the same place in training images without the finding;
 * **hard negatives**: that place with the lesion's own region filled with noise matched to
-  its surroundings, with their mean, or with a blur of them (``hard_negatives``), so that
-  "something changed in the region" is not "the finding is there";
+  its surroundings, with their mean, or with a blur of them, or painted by the generator
+  conditioned on "No Finding" (``hard_negatives``; ``generator`` needs a ``painter``), so that
+  "something changed in the region" or "the generator's texture" is not "the finding is there";
 * a crop that is a positive of one finding is a negative of every other finding its image
   does not show (another finding's lesion is a negative).
 
@@ -68,7 +69,7 @@ __all__ = [
 
 CHECKPOINT_NAME = "verifier.pt"
 CHECKPOINT_VERSION = 1
-KINDS = ("positive", "place", "noise", "mean", "blur")
+KINDS = ("positive", "place", "noise", "mean", "blur", "generator")
 """The kinds of crop :func:`build_crops` makes (``place``: the same place in an image without the finding)."""
 
 
@@ -189,6 +190,8 @@ def build_crops(
     training: bool,
     seed: int = 0,
     read: Callable[[Path, int], np.ndarray] | None = None,
+    painter: Callable[[torch.Tensor, torch.Tensor, list[int]], torch.Tensor] | None = None,
+    paint_grow: int = 0,
 ) -> CropSet:
     """Crops of ``index`` for the verifier (see the module doc).
 
@@ -200,14 +203,26 @@ def build_crops(
         image_size: the working resolution images are read at.
         training: jitter and repeat positives (validation crops are taken once, centred).
         seed: crop placement and fills.
+        painter: ``painter(images, regions, seeds)`` -> the images with each region repainted as
+            healthy tissue by the generator (B, 1, H, W); needed when ``cfg.hard_negatives``
+            names ``generator``.
+        paint_grow: pixels the lesion's region grows before the painter repaints it (the augment
+            job paints a region larger than the lesion: ``inpainting.region_margin`` + 2).
 
     Returns:
         A :class:`CropSet`; a finding without any region in ``index`` is named in ``skipped``.
+
+    Raises:
+        ValueError: ``generator`` hard negatives without a painter; no crop at all.
     """
     from augment.data.io import read_image
 
     read = read or read_image
+    if "generator" in cfg.hard_negatives and painter is None:
+        raise ValueError("verifier.hard_negatives names 'generator' but no generator was given to paint them: "
+                         "pass the generator checkpoint, or drop 'generator' from verifier.hard_negatives")
     rng = np.random.default_rng(seed)
+    rng_paint = np.random.default_rng([seed, 1])
     gen = torch.Generator().manual_seed(seed)
     crops: list[torch.Tensor] = []
     targets: list[list[float]] = []
@@ -216,6 +231,7 @@ def build_crops(
     groups: list[int] = []
     skipped: dict[str, str] = {}
     cache: dict[str, torch.Tensor] = {}
+    to_paint: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []  # (image, region, centre, crop slot)
 
     def image(rec: Any) -> torch.Tensor:
         if rec.image_index not in cache:
@@ -258,15 +274,29 @@ def build_crops(
                 which.append(f)
                 groups.append(neg.patient_id)
             for how in cfg.hard_negatives:
-                neg = others[int(rng.integers(len(others)))]
-                filled = fill(image(neg), masks[i : i + 1].float(), how, generator=gen)
-                crops.append(crop_at(filled, centres[i : i + 1], cfg.crop_size, cfg.input_size))
+                if how == "generator":  # its own stream: the other crops are the same with or without it
+                    neg = others[int(rng_paint.integers(len(others)))]
+                    region = masks[i : i + 1].float()
+                    if paint_grow > 0:
+                        region = F.max_pool2d(region, 2 * paint_grow + 1, stride=1, padding=paint_grow)
+                    to_paint.append((image(neg), region > 0.5, centres[i : i + 1], len(crops)))
+                    crops.append(torch.empty(0))  # filled below, once the painter has run in batches
+                else:
+                    neg = others[int(rng.integers(len(others)))]
+                    filled = fill(image(neg), masks[i : i + 1].float(), how, generator=gen)
+                    crops.append(crop_at(filled, centres[i : i + 1], cfg.crop_size, cfg.input_size))
                 targets.append(_targets_for(neg.labels, findings, None))
                 kinds.append(how)
                 which.append(f)
                 groups.append(neg.patient_id)
         if n_regions == 0:
             skipped[f] = f"the {getattr(attention, 'name', 'attention')} source gave no region for any of its {len(recs)} images"
+    for k in range(0, len(to_paint), 16):
+        chunk = to_paint[k : k + 16]
+        painted = painter(torch.cat([c[0] for c in chunk]), torch.cat([c[1] for c in chunk]),  # type: ignore[misc]
+                          [seed * 1_000_003 + c[3] for c in chunk])
+        for j, (_, _, centre, slot) in enumerate(chunk):
+            crops[slot] = crop_at(painted[j : j + 1].float(), centre, cfg.crop_size, cfg.input_size)
     if skipped:
         for f, why in skipped.items():
             log.warning("verifier: %s is skipped (%s): its synthetic images cannot be verified", f, why)
