@@ -330,10 +330,18 @@ class VerifierConfig(StageConfig):
     )
     positive_jitter: int = Field(3, ge=0, le=64, description="training positives are re-centred up to this many pixels off the region")
     positive_repeats: int = Field(4, ge=1, le=64, description="each positive region is cropped this many times (jittered, flipped)")
+    pasted_positives: int = Field(
+        2, ge=0, le=32, description="training only: each positive region's lesion is also added at the same place to this many "
+        "images without the finding (a real lesion on other anatomy, as the augment job makes)"
+    )
     epochs: int = Field(25, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(2e-3, gt=0.0)
     max_regions: int = Field(400, ge=1, description="positive regions read per finding (a random subset of larger sets)")
+    max_false_pass: float = Field(
+        0.1, ge=0.0, le=1.0, description="the threshold (Youden's J on validation crops) may pass at most this share of the "
+        "validation negatives: with a handful of positives, J alone can buy full sensitivity by passing half the negatives"
+    )
     min_val_positives: int = Field(
         3, ge=1, description="a finding with fewer validation regions gets threshold 0.5 (not chosen on validation; a warning says so)"
     )

@@ -12,6 +12,10 @@ What it learns from (:func:`build_crops`), per finding:
 * **positives**: crops around real finding regions of the training split (the attention
   source's maps: phantom ground-truth masks, NIH boxes, or Grad-CAM regions), re-centred a
   few pixels off and mirrored (``positive_repeats``, ``positive_jitter``);
+* **pasted positives** (training only, ``pasted_positives``): the region's lesion (its
+  contrast against its filled-in surroundings) added at the same place to images without the
+  finding, so that a real lesion on someone else's anatomy, which is what the augment job
+  makes, is learnt as the finding and not as "this patient's film";
 * **place negatives**: crops of the same place in training images without the finding;
 * **hard negatives**: that place with the lesion's own region filled with noise matched to
   its surroundings, with their mean, or with a blur of them, or painted by the generator
@@ -69,7 +73,8 @@ __all__ = [
 
 CHECKPOINT_NAME = "verifier.pt"
 CHECKPOINT_VERSION = 1
-KINDS = ("positive", "place", "noise", "mean", "blur", "generator")
+KINDS = ("positive", "pasted", "place", "noise", "mean", "blur", "generator")
+POSITIVE_KINDS = ("positive", "pasted")
 """The kinds of crop :func:`build_crops` makes (``place``: the same place in an image without the finding)."""
 
 
@@ -223,6 +228,7 @@ def build_crops(
                          "pass the generator checkpoint, or drop 'generator' from verifier.hard_negatives")
     rng = np.random.default_rng(seed)
     rng_paint = np.random.default_rng([seed, 1])
+    rng_paste = np.random.default_rng([seed, 2])
     gen = torch.Generator().manual_seed(seed)
     crops: list[torch.Tensor] = []
     targets: list[list[float]] = []
@@ -265,6 +271,19 @@ def build_crops(
                 kinds.append("positive")
                 which.append(f)
                 groups.append(rec.patient_id)
+            if training and cfg.pasted_positives:
+                from augment.registration.lesion import lesion_contrast
+
+                contrast = lesion_contrast(imgs[i : i + 1], masks[i : i + 1])
+                for _ in range(cfg.pasted_positives):  # its own stream, as the generator's negatives
+                    host = others[int(rng_paste.integers(len(others)))]
+                    pasted = (image(host) + contrast).clamp(0.0, 1.0)
+                    c = centres[i : i + 1] + torch.from_numpy(rng_paste.integers(-jitter, jitter + 1, size=(1, 2)))
+                    crops.append(crop_at(pasted, c, cfg.crop_size, cfg.input_size))
+                    targets.append(_targets_for(host.labels, findings, f))
+                    kinds.append("pasted")
+                    which.append(f)
+                    groups.append(host.patient_id)
             picks = rng.choice(len(others), size=min(cfg.negatives_per_positive, len(others)), replace=False)
             for j in picks:
                 neg = others[int(j)]
@@ -338,8 +357,15 @@ class VerifierNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def separating_threshold(y: np.ndarray, score: np.ndarray) -> float | None:
+def separating_threshold(y: np.ndarray, score: np.ndarray, max_false_pass: float = 1.0) -> float | None:
     """Youden's J threshold, placed midway in logit space between the two scores it separates.
+
+    Args:
+        y: true classes.
+        score: probabilities.
+        max_false_pass: only cuts that pass at most this share of the negatives are candidates
+            (a handful of positives must not buy full sensitivity by passing half the
+            negatives); without such a cut, the strictest one.
 
     Returns None without both classes.
     """
@@ -353,13 +379,17 @@ def separating_threshold(y: np.ndarray, score: np.ndarray) -> float | None:
     # a cut after position k: predicted positive = s[k+1:]
     neg_below = np.cumsum(~y)
     pos_below = np.cumsum(y)
-    j = (n_pos - pos_below) / n_pos - (n_neg - neg_below) / n_neg  # tpr - fpr for each cut
-    j = j[:-1]  # a cut after the last score predicts nothing positive
+    fpr = (n_neg - neg_below) / n_neg
+    j = (n_pos - pos_below) / n_pos - fpr  # tpr - fpr for each cut
+    j, fpr = j[:-1], fpr[:-1]  # a cut after the last score predicts nothing positive
     distinct = s[1:] > s[:-1]
     if not distinct.any():
         return float(s[0])
-    j = np.where(distinct, j, -np.inf)
-    k = int(np.argmax(j))
+    allowed = distinct & (fpr <= max_false_pass + 1e-12)
+    if allowed.any():
+        k = int(np.argmax(np.where(allowed, j, -np.inf)))
+    else:
+        k = int(np.flatnonzero(distinct)[-1])
     eps = 1e-6
     lo, hi = np.clip([s[k], s[k + 1]], eps, 1 - eps)
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
@@ -400,8 +430,7 @@ def verifier_report(crops: CropSet, probs: np.ndarray, thresholds: dict[str, flo
             row["threshold"] = thr
             for k in KINDS:
                 sel = (crops.finding == f) & (crops.kinds == k)
-                if k != "positive":
-                    sel &= t == 0
+                sel &= t == (1 if k in POSITIVE_KINDS else 0)
                 row[f"pass.{k}"] = float((probs[sel, j] >= thr).mean()) if sel.any() else None
         out[f] = row
     return out
@@ -483,8 +512,9 @@ def fit_verifier(
             thresholds[f], source[f] = 0.5, f"default 0.5: only {n_pos} validation regions (< verifier.min_val_positives {cfg.min_val_positives})"
             log.warning("verifier: %s has %d validation regions; its threshold is 0.5, not chosen on validation", f, n_pos)
         else:
-            thresholds[f] = separating_threshold(tt[valid] == 1, probs[valid, j])
-            source[f] = f"Youden on {n_pos} validation regions and {int((tt == 0).sum())} negative crops"
+            thresholds[f] = separating_threshold(tt[valid] == 1, probs[valid, j], cfg.max_false_pass)
+            source[f] = (f"Youden on {n_pos} validation regions and {int((tt == 0).sum())} negative crops, "
+                         f"passing at most {cfg.max_false_pass:.0%} of the negatives")
     report = verifier_report(val, probs, thresholds)
     net.cpu()
     return FitResult(weights_of(net), thresholds, source, report, history)

@@ -54,6 +54,16 @@ def test_separating_threshold_sits_between_the_classes():
     # an overlapping case still picks the best cut
     t2 = separating_threshold(np.array([0, 1, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.8, 0.9]))
     assert 0.3 < t2 < 0.8
+    # few positives: J's best cut (all 3 positives, 30% of the negatives) passes too many negatives;
+    # capped at 10% of them, the cut moves above all but one negative (and gives up one positive)
+    y = np.array([0] * 10 + [1] * 3)
+    s = np.array([0.05, 0.1, 0.15, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.7, 0.42, 0.6, 0.8])
+    loose = separating_threshold(y, s)
+    assert loose < 0.42 and (s[:10] >= loose).mean() == pytest.approx(0.3)
+    strict = separating_threshold(y, s, max_false_pass=0.1)
+    assert (s[:10] >= strict).mean() <= 0.1 and 0.5 < strict < 0.6
+    # no cut meets the cap: the strictest one
+    assert separating_threshold(np.array([0, 1, 0]), np.array([0.1, 0.5, 0.9]), max_false_pass=0.0) > 0.5
 
 
 def test_fills_change_only_the_region():
