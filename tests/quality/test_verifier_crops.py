@@ -85,3 +85,18 @@ def test_crops_hold_every_kind_with_the_right_targets(painter, phantom):
     # everything but the generator's crops is the same with or without them
     keep = cs.kinds != "generator"
     assert np.array_equal(cs.kinds[keep], plain.kinds) and np.allclose(cs.crops[keep], plain.crops)
+
+
+def test_training_crops_paste_each_lesion_onto_other_films(phantom):
+    index, attention = phantom
+    cfg = CFG.model_copy(update={"hard_negatives": ["noise"], "pasted_positives": 2, "positive_repeats": 1})
+    train = build_crops(index, ["Mass"], attention, cfg, 64, training=True, seed=0)
+    val = build_crops(index, ["Mass"], attention, cfg, 64, training=False, seed=0)
+    c = train.counts()["Mass"]
+    assert c["pasted"] == 2 * c["positive"] > 0
+    assert (train.targets[train.kinds == "pasted", 0] == 1).all()
+    # pasted onto films without Mass: other patients' anatomy under the same lesion
+    assert val.counts()["Mass"]["pasted"] == 0  # validation is real lesions only
+    off = build_crops(index, ["Mass"], attention, cfg.model_copy(update={"pasted_positives": 0}), 64, training=True, seed=0)
+    keep = train.kinds != "pasted"
+    assert np.allclose(train.crops[keep], off.crops)  # the other crops do not move
