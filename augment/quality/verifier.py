@@ -74,8 +74,9 @@ __all__ = [
 CHECKPOINT_NAME = "verifier.pt"
 CHECKPOINT_VERSION = 1
 KINDS = ("positive", "pasted", "place", "noise", "mean", "blur", "generator")
-POSITIVE_KINDS = ("positive", "pasted")
 """The kinds of crop :func:`build_crops` makes (``place``: the same place in an image without the finding)."""
+POSITIVE_KINDS = ("positive", "pasted")
+"""The kinds whose crops show the finding."""
 
 
 # ----------------------------------------------------------------------------- crops
