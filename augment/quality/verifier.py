@@ -317,9 +317,11 @@ def build_crops(
                           [seed * 1_000_003 + c[3] for c in chunk])
         for j, (_, _, centre, slot) in enumerate(chunk):
             crops[slot] = crop_at(painted[j : j + 1].float(), centre, cfg.crop_size, cfg.input_size)
-    if skipped:
-        for f, why in skipped.items():
+    for f, why in skipped.items():
+        if training:
             log.warning("verifier: %s is skipped (%s): its synthetic images cannot be verified", f, why)
+        else:
+            log.info("verifier: no validation crops of %s (%s): its threshold is not chosen on validation", f, why)
     if not crops:
         raise ValueError(f"no verifier crops: none of {findings} has a region in this split ({skipped})")
     x = standardise(torch.cat(crops)).numpy().astype(np.float32)
