@@ -75,6 +75,11 @@ class PhantomConfig(StageConfig):
     image_size: int = Field(256, ge=32, le=2048)
     n_patients: int | None = Field(None, ge=1, description="default: about 3 images per patient (full NIH has 3.6)")
     seed: int = Field(0, ge=0, description=SEED_HELP)
+    patient_id_offset: int = Field(
+        0, ge=0, le=90_000_000,
+        description="patient ids start after this: sets rendered apart (a test set, extra real positives) get "
+                    "patients and image names of their own",
+    )
     healthy_fraction: float = Field(0.4, ge=0.0, le=1.0, description="share of 'No Finding' images")
     prevalence: dict[str, float] = Field(
         default_factory=lambda: {
@@ -458,6 +463,54 @@ class UtilityConfig(StageConfig):
         return sorted(set(v))
 
 
+LONGTAIL_ARMS = ("base", "oversample", "weighted", "copy-paste", "flow", "vae", "lsgan", "ceiling")
+
+
+def _longtail_test_default() -> PhantomConfig:
+    return PhantomConfig(
+        n_images=400, seed=1, patient_id_offset=1_000_000, healthy_fraction=0.25,
+        prevalence={"Cardiomegaly": 0.2, "Effusion": 0.2, "Atelectasis": 0.15, "Consolidation": 0.1,
+                    "Nodule": 0.3, "Mass": 0.3, "Pneumothorax": 0.3},
+    )
+
+
+class LongtailConfig(StageConfig):
+    """The long-tail benchmark (``jobs.longtail``): does augmentation beat what a user does anyway?
+
+    Every arm trains the classifier on the same real training split (``data``), seeds
+    ``0..seeds-1``, and is scored on one test set rendered apart (``test``: other patients,
+    every finding with many positives). Arms that add rare-finding examples add about as many
+    per finding of ``augment.findings`` as the augment plan asks of a generator.
+    """
+
+    arms: list[Literal["base", "oversample", "weighted", "copy-paste", "flow", "vae", "lsgan", "ceiling"]] = Field(
+        default_factory=lambda: list(LONGTAIL_ARMS),
+        description="base: real only; oversample: the rare positives repeated (the classifier's own flips-free "
+                    "affine and intensity augmentation varies the copies); weighted: classifier.pos_weight balanced; "
+                    "copy-paste, flow, vae, lsgan: real + that pool's accepted images; ceiling: real + as many "
+                    "extra real rare positives rendered by the phantom",
+    )
+    seeds: int = Field(5, ge=1, le=100, description="classifier seeds (0..n-1); every arm shares them")
+    extra_per_finding: int | None = Field(
+        None, ge=1, description="rare examples the oversample and ceiling arms add per finding; default: as many as the "
+                                "augment plan asks of the generator (augment.target_count minus the real positives)"
+    )
+    test: PhantomConfig = Field(default_factory=_longtail_test_default,
+                                description="the test set, rendered apart (its own seed and patient ids)")
+    ceiling_seed: int = Field(2, ge=0, description="seed of the ceiling's extra real images")
+    ceiling_patient_offset: int = Field(2_000_000, ge=0, le=80_000_000)
+    n_boot: int = Field(1000, ge=0, le=100_000, description="patient-level bootstrap resamples of the test set")
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError(f"give at least one arm, e.g. [base, oversample]; known: {list(LONGTAIL_ARMS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"longtail.arms lists an arm twice: {v}")
+        return v
+
+
 class TrackingConfig(StageConfig):
     """MLflow: a SQLite file by default, a server when a URI is given."""
 
@@ -525,6 +578,7 @@ class RunConfig(StageConfig):
     augment: AugmentConfig = AugmentConfig()
     input_filter: InputFilterConfig = InputFilterConfig()
     utility: UtilityConfig = UtilityConfig()
+    longtail: LongtailConfig = LongtailConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()

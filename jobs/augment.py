@@ -46,7 +46,7 @@ from augment.augmentation.fingerprint import generator_fingerprint
 from augment.augmentation.plan import PlanItem, plan_augmentation
 from augment.augmentation.pool import PoolWriter
 from augment.augmentation.references import ReferenceBank, build_reference_bank
-from augment.augmentation.steps import GateStep, InpaintStep, RegisterStep, WriteStep, items_to_batches, run_in_process
+from augment.augmentation.steps import PASTE, GateStep, InpaintStep, RegisterStep, WriteStep, items_to_batches, run_in_process
 from augment.config import ConfigError, RunConfig, check_paths, load_config
 from augment.data import DataError, NIHIndex
 
@@ -247,7 +247,9 @@ def run_augment(
         train_index: the real training split (sources, references, and the near-copy bank's
             index, built from it once: :func:`near_copy_bank_index`).
         classifier_checkpoint: the gate's classifier.
-        generator_checkpoint: the flow-matching generator.
+        generator_checkpoint: the flow-matching generator (or a VAE/LSGAN baseline); ``"paste"``
+            (:data:`~augment.augmentation.steps.PASTE`) paints nothing and keeps the carried
+            real lesion (the copy-paste control).
         generator_run: MLflow run id of the generator, recorded per item.
         use_ray: False runs the same steps in a plain in-process loop (the benchmark's
             baseline; no Ray needed).
@@ -261,7 +263,8 @@ def run_augment(
         PoolError: ``augment.output`` holds another generator's images.
     """
     t0 = time.perf_counter()
-    check_paths(cfg, {"classifier checkpoint": classifier_checkpoint, "generator checkpoint": generator_checkpoint,
+    check_paths(cfg, {"classifier checkpoint": classifier_checkpoint,
+                      "generator checkpoint": None if generator_checkpoint == PASTE else generator_checkpoint,
                       **({"verifier checkpoint": verifier_checkpoint} if verifier_checkpoint else {})},
                 data=False)
     gate_args = (verifier_checkpoint, classifier_findings)
@@ -370,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/local.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--classifier", help="classifier checkpoint (path or MLflow URI); required unless --dry-run")
-    p.add_argument("--generator", help="generator checkpoint (path or MLflow URI); required unless --dry-run")
+    p.add_argument("--generator", help="generator checkpoint (path or MLflow URI); required unless --dry-run; 'paste' "
+                                       "paints nothing: the reference's real lesion carried to its place (copy-paste control)")
     p.add_argument("--verifier", help="local finding verifier checkpoint (python -m jobs.train_verifier); without it the "
                                       "classifier alone judges")
     p.add_argument("--no-ray", action="store_true", help="run the steps in this process, without Ray")
@@ -400,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = load_config(args.config, args.overrides)
-        check_paths(cfg, {"--classifier": args.classifier, "--generator": args.generator,
+        check_paths(cfg, {"--classifier": args.classifier, "--generator": None if args.generator == PASTE else args.generator,
                           **({"--verifier": args.verifier} if args.verifier else {})})
         from augment.data import prepare_data
 

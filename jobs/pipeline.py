@@ -363,8 +363,15 @@ def _print_comparison(res: dict[str, Any]) -> None:
     print(f"{'train-val gap':<20}{'':>5}{_fmt(s['gap_base'], '.4f'):>10}{_fmt(s['gap_augmented'], '.4f'):>10}")
 
 
-def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
-    """Run every stage under one parent MLflow run; return the stage results."""
+def run_pipeline(cfg: RunConfig, until: str | None = None) -> dict[str, Any]:
+    """Run every stage under one parent MLflow run; return the stage results.
+
+    ``until="augment"`` stops after the synthetic pool is made (and publishes the base
+    classifier, generator and verifier): for experiments that retrain on the pool their own
+    way, such as the long-tail benchmark (``bench/longtail.sh``).
+    """
+    if until not in (None, "augment"):
+        raise ConfigError(f"--until takes 'augment' (stop once the pool is made), got {until!r}")
     from augment import tracking
     from augment.data import load_index
     from jobs.ray_utils import init_ray, shutdown_ray
@@ -409,6 +416,17 @@ def run_pipeline(cfg: RunConfig) -> dict[str, Any]:
             results["augment"] = aug.result
             _print_acceptance(aug.result)
             lap("augment")
+            if until == "augment":
+                _publish(cfg, {
+                    "classifier/classifier.pt": base_ckpt,
+                    "generator/generator.pt": gen.path / gen.result["checkpoint"],
+                    **({"verifier/verifier.pt": ver.path / ver.result["checkpoint"]} if ver is not None else {}),
+                })
+                results["stage_seconds"] = stage_s
+                results["seconds"] = round(time.perf_counter() - t0, 1)
+                print("\nStopped after the augment stage (--until augment); stage wall times (s): "
+                      + ", ".join(f"{k} {v}" for k, v in stage_s.items()))
+                return results
             pool = load_index(aug.result["pool"]) if sum(d["accepted"] for d in aug.result["summary"].values()) else None
             if pool is None:
                 # Same data, same seed, same config: retraining would reproduce the base model.
@@ -453,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set classifier.epochs=2 (repeatable)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri of the profile)")
+    p.add_argument("--until", choices=["augment"],
+                   help="stop once the synthetic pool is made (no retraining, no comparison)")
     return p
 
 
@@ -462,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     try:
         cfg = load_config(args.config, overrides)
-        results = run_pipeline(cfg)
+        results = run_pipeline(cfg, until=args.until)
     except (ConfigError, DataError, PoolError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

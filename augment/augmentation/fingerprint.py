@@ -27,7 +27,8 @@ def generator_fingerprint(checkpoint: str | os.PathLike) -> str:
 
     Args:
         checkpoint: a checkpoint file, a folder holding one (``generator.pt`` or any ``*.pt``),
-            ``file://...``, or an MLflow / object-store URI.
+            ``file://...``, an MLflow / object-store URI, or ``"paste"`` (the copy-paste
+            control, which has no checkpoint).
 
     Raises:
         ValueError: a local path that does not exist, or a folder without a checkpoint.
@@ -35,6 +36,8 @@ def generator_fingerprint(checkpoint: str | os.PathLike) -> str:
     from augment.tracking import ARTIFACT_URI_SCHEMES, local_checkpoint
 
     text = str(checkpoint)
+    if text == "paste":  # augment.augmentation.steps.PASTE: no generator, the carried lesion itself
+        return "paste"
     if text.startswith(ARTIFACT_URI_SCHEMES):
         return "uri-" + hashlib.sha256(text.encode()).hexdigest()[:12]
     path = Path(text.removeprefix("file://"))

@@ -146,14 +146,26 @@ class RegisterStep:
                 "status": status}
 
 
+PASTE = "paste"
+"""The generator argument that paints nothing: the reference's real lesion, carried to its place
+with its own shape (``inpainting.coupling: lesion``), is the synthetic image (the copy-paste
+control of the long-tail benchmark and the gate's positive control)."""
+
+
 class InpaintStep:
-    """Paint the finding into each region with the flow-matching generator (loaded once)."""
+    """Paint the finding into each region with the flow-matching generator (loaded once), or,
+    with ``generator_checkpoint`` :data:`PASTE`, keep the carried real lesion as it is."""
 
     def __init__(self, cfg: RunConfig, generator_checkpoint: str) -> None:
         from augment.inpainting import findings_tensor, inpaint, load_generator
         from augment.inpainting.model import resolve_device
 
         self.cfg = cfg
+        self.paste = str(generator_checkpoint) == PASTE
+        if self.paste:
+            if cfg.inpainting.coupling != "lesion":
+                raise ValueError("the paste generator keeps the carried lesion: it needs inpainting.coupling 'lesion'")
+            return
         self.device = resolve_device(cfg.inpainting.device)
         self.model = load_generator(generator_checkpoint, map_location=self.device)
         self._inpaint = inpaint
@@ -163,7 +175,9 @@ class InpaintStep:
         n = len(batch["item_id"])
         synthetic = batch["image"].copy()
         ok = [i for i in range(n) if batch["status"][i] == ""]
-        if ok:
+        if ok and self.paste:
+            synthetic[ok] = batch["base"][ok]
+        elif ok:
             img = torch.from_numpy(batch["image"][ok])[:, None]
             msk = torch.from_numpy(batch["mask"][ok].astype(bool))[:, None]
             gens = [_generator(batch["seed"][i], 3) for i in ok]

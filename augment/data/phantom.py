@@ -275,7 +275,7 @@ def _patients(cfg: PhantomConfig) -> list[_Patient]:
     weights = rng.gamma(0.7, size=n_pat)
     extra = rng.multinomial(n - n_pat, weights / weights.sum())
     return [
-        _Patient(pid=i + 1, sex="F" if rng.uniform() < 0.45 else "M", age=int(rng.integers(18, 86)), images=1 + int(e))
+        _Patient(pid=cfg.patient_id_offset + i + 1, sex="F" if rng.uniform() < 0.45 else "M", age=int(rng.integers(18, 86)), images=1 + int(e))
         for i, e in enumerate(extra)
     ]
 
@@ -289,7 +289,8 @@ def _manifest(cfg: PhantomConfig) -> dict:
     return {
         "generator": "augment.data.phantom",
         "version": GENERATOR_VERSION,
-        "config": cfg.model_dump(mode="json"),
+        # a zero patient offset is left out: folders made before the key existed still match
+        "config": cfg.model_dump(mode="json", exclude={"patient_id_offset"} if cfg.patient_id_offset == 0 else None),
         "findings": list(PHANTOM_FINDINGS),
         "box_units": "pixels of the stored image",
         "mask_files": "masks/<image stem>__<Finding>.png",

@@ -54,3 +54,36 @@ def test_augment_cli_checks_checkpoints_first(tmp_path, capsys, no_ray):
     err = capsys.readouterr().err
     assert "--generator: checkpoint" in err and "missing.pt" in err and "--classifier" not in err
     assert not (tmp_path / "runs").exists()  # not even the phantom data was made
+
+
+def test_until_takes_only_augment(tmp_path, no_ray):
+    from jobs.pipeline import run_pipeline
+
+    cfg = load_config(LOCAL, [f"output_dir={tmp_path / 'runs'}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    with pytest.raises(ConfigError, match="--until takes 'augment'"):
+        run_pipeline(cfg, until="compare")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_until_augment_stops_with_the_pool_and_publishes_the_models(tmp_path):
+    from jobs.pipeline import run_pipeline
+
+    out = tmp_path / "runs"
+    cfg = load_config(LOCAL, [
+        f"output_dir={out}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "name=until",
+        "data.phantom.n_images=60", "data.phantom.image_size=64", "data.image_size=64",
+        "classifier.image_size=64", "classifier.epochs=1", "classifier.batch_size=16",
+        "inpainting.crop_size=32", "inpainting.block_out_channels=[16, 32]", "inpainting.train_steps=4",
+        "inpainting.sample_every=1000", "inpainting.steps=2", "verifier.epochs=1",
+        "augment.findings=[Cardiomegaly]", "augment.target_count=100", "augment.max_per_finding=2",
+        f"augment.output={out}/pool", "augment.batch_size=2", "registration.iterations=5", "registration.pyramid_levels=1",
+    ])
+    res = run_pipeline(cfg, until="augment")
+    assert "augment" in res and "classifier_augmented" not in res and "compare" not in res
+    assert res["seconds"] > 0 and "augment" in res["stage_seconds"]
+    for f in ("classifier/classifier.pt", "generator/generator.pt"):
+        assert (out / f).is_file()
+    stages = {p.name.split("-")[0] for p in (out / "stages").glob("*/result.json") for p in [p.parent]}
+    assert "augment" in stages and "compare" not in stages
