@@ -97,8 +97,8 @@ class ArmRow:
         boot_low, boot_high: the difference's 95% patient-level bootstrap interval of the test
             set (seed-averaged on each resample); None for base or without resamples.
         boot_missing: resamples in which the key had no AUC (no positive drawn): counted, left out.
-        gap_closed: (arm - base) / (ceiling - base) on this key, when the ceiling arm ran and its
-            gain is positive.
+        gap_closed: (arm - base) / (ceiling - base) on this key, only where the ceiling arm ran
+            and its gain over base has an interval above zero (else None: no gap to close).
     """
 
     arm: str
@@ -193,17 +193,21 @@ def longtail_table(
                     missing = n_boot - len(ok)
                     if len(ok) >= 0.9 * n_boot:
                         blo, bhi = float(np.percentile(ok, lo_q)), float(np.percentile(ok, hi_q))
-                gap = None
-                if ceiling in pts and arm != ceiling:
-                    g = float(np.mean(pts[ceiling][:, k] - pts[base][:, k]))
-                    if g > 0 and dm is not None and math.isfinite(dm):
-                        gap = dm / g
-                elif arm == ceiling:
-                    gap = 1.0 if dm is not None and dm > 0 else None
                 row = replace(row, delta=dm, delta_low=dlo, delta_high=dhi, boot_low=blo, boot_high=bhi,
-                              boot_missing=missing, gap_closed=gap)
+                              boot_missing=missing)
             rows.append(row)
-    return rows
+    # The gap is only a yardstick where the ceiling clearly beats base: its interval (the
+    # patient bootstrap, else the one over seeds) above zero. A ceiling within noise of base
+    # would turn any small difference into a huge "share of the gap".
+    ceil = {r.key: r for r in rows if r.arm == ceiling}
+    out = []
+    for r in rows:
+        c = ceil.get(r.key)
+        low = None if c is None else (c.boot_low if c.boot_low is not None else c.delta_low)
+        if r.arm != base and c is not None and low is not None and low > 0 and r.delta is not None:
+            r = replace(r, gap_closed=r.delta / c.delta)
+        out.append(r)
+    return out
 
 
 def longtail_figure(rows: Sequence[ArmRow], title: str = "rare-finding AUC by arm (mean over seeds, 95% t-interval)"):

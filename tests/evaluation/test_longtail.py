@@ -85,6 +85,10 @@ def test_table_known_answers_base_identity_gain_and_gap_closed():
     assert better.delta > 0.1 and better.delta_low > 0 and better.boot_low > 0
     assert 0 < better.gap_closed < 1 and ceil.gap_closed == 1.0
     assert better.gap_closed == pytest.approx(better.delta / ceil.delta)
+    # a ceiling no better than base leaves no gap to close: not a huge share of a noise-sized gap
+    flat = longtail_table(y, groups, {"base": arms["base"], "better": arms["better"], "ceiling": arms["same"]},
+                          ["Mass", "Nodule"], n_boot=200, seed=0)
+    assert all(r.gap_closed is None for r in flat)
     m = by[("better", "Mass")]
     assert m.boot_low < m.delta < m.boot_high and m.auc_low < m.auc < m.auc_high
 
