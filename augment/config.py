@@ -485,8 +485,8 @@ class LongtailConfig(StageConfig):
 
     arms: list[Literal["base", "oversample", "weighted", "copy-paste", "flow", "vae", "lsgan", "ceiling"]] = Field(
         default_factory=lambda: list(LONGTAIL_ARMS),
-        description="base: real only; oversample: the rare positives repeated (the classifier's own flips-free "
-                    "affine and intensity augmentation varies the copies); weighted: classifier.pos_weight balanced; "
+        description="base: real only; oversample: the rare positives repeated (the classifier's own affine and "
+                    "intensity augmentation, no flips, varies the copies); weighted: classifier.pos_weight balanced; "
                     "copy-paste, flow, vae, lsgan: real + that pool's accepted images; ceiling: real + as many "
                     "extra real rare positives rendered by the phantom",
     )

@@ -140,7 +140,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(ccfg.seed)
     model = build_classifier(ccfg)
     train_index: NIHIndex = config["train_index"]
-    train_loader = make_loader(train_index, ccfg, shuffle=True, seed=ccfg.seed)
+    # a last batch of one image cannot train batch norm ("Expected more than 1 value per
+    # channel"): drop it, whatever the training set's size
+    train_loader = make_loader(train_index, ccfg, shuffle=True, seed=ccfg.seed,
+                               drop_last=len(train_index) % ccfg.batch_size == 1)
     val_loader = make_loader(config["val_index"], ccfg, shuffle=False)
     if world > 1:
         train_loader = ray.train.torch.prepare_data_loader(train_loader, move_to_device=False)

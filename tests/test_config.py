@@ -103,7 +103,7 @@ def test_duplicate_findings_rejected_naming_the_duplicate():
 
 SEED_KEYS = [
     "seed", "data.split.seed", "data.phantom.seed", "inpainting.seed", "baseline.seed", "classifier.seed", "augment.seed",
-    "verifier.seed",
+    "verifier.seed", "longtail.test.seed",
 ]
 
 

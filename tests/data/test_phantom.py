@@ -171,7 +171,8 @@ def test_layout_and_csvs_match_nih(small_set, nih_sample_header):
         for f in set(PHANTOM_FINDINGS) - set(found):
             assert not load_phantom_mask(root, r[0], f).any()
     manifest = json.loads((root / "phantom.json").read_text())
-    assert manifest["config"] == SMALL.model_dump(mode="json")
+    # a zero patient offset is left out, so folders written before the key existed still match
+    assert manifest["config"] == SMALL.model_dump(mode="json", exclude={"patient_id_offset"})
 
 
 def test_generation_is_deterministic(small_set, tmp_path):
