@@ -174,7 +174,7 @@ def run_longtail(cfg: RunConfig, pools: dict[str, str] | None = None, out_dir: s
     from augment.evaluation.longtail import longtail_figure, longtail_table
     from augment.evaluation.plots import save_figure
     from augment.findings import FINDINGS
-    from jobs.ray_utils import init_ray
+    from jobs.ray_utils import init_ray, shutdown_ray
 
     t_start = time.perf_counter()
     lt = cfg.longtail
@@ -257,10 +257,7 @@ def run_longtail(cfg: RunConfig, pools: dict[str, str] | None = None, out_dir: s
                 mlflow.log_artifact(str(fig))
                 mlflow.log_artifact(str(out / "longtail.json"))
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        shutdown_ray(started)
     report["out_dir"] = str(out)
     return report
 

@@ -114,7 +114,7 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
     from augment.data import load_index
     from augment.evaluation.plots import save_figure
     from augment.evaluation.utility import aggregate_over_seeds, subsample_fraction, utility_figure
-    from jobs.ray_utils import init_ray
+    from jobs.ray_utils import init_ray, shutdown_ray
     from jobs.stages import stage_key
 
     ucfg = cfg.utility
@@ -187,10 +187,7 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
             if run is not None:
                 mlflow.log_artifact(str(out / "utility.json"))
     finally:
-        if started:
-            import ray
-
-            ray.shutdown()
+        shutdown_ray(started)
     report["out_dir"] = str(out)
     return report
 
