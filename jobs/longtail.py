@@ -36,7 +36,6 @@ import hashlib
 import io
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -142,23 +141,12 @@ def arm_index(cfg: RunConfig, arm: str, train: NIHIndex, seed: int, pools: dict[
 def _cell(cfg: RunConfig, arm: str, train: NIHIndex, val: NIHIndex, test: NIHIndex, out: Path,
           parent_run_id: str | None) -> tuple[dict[str, Any], np.ndarray]:
     """Train one classifier, predict the test set; cached (``scores.json``, ``test_probs.npy``)."""
-    from augment.classifier.metrics import classification_metrics
-    from augment.evaluation.utility import seed_values
-    from jobs.pipeline import evaluate_checkpoint
-    from jobs.train_classifier import train_classifier
+    from jobs.utility import train_and_score
 
     done, probs = out / "scores.json", out / "test_probs.npy"
     if done.is_file() and probs.is_file():
         return json.loads(done.read_text()), np.load(probs)
-    t0 = time.perf_counter()
-    res = train_classifier(cfg, train, val, out, parent_run_id)
-    shutil.rmtree(out / "ray", ignore_errors=True)
-    y, p, loss = evaluate_checkpoint(cfg, res.checkpoint_path, test)
-    metrics = classification_metrics(y, p, loss=loss)
-    scores = {
-        "arm": arm, "train_images": len(train), "values": seed_values(metrics, loss_gap=res.history[-1].loss_gap),
-        "test_loss": loss, "mlflow_run_id": res.run_id, "seconds": round(time.perf_counter() - t0, 1),
-    }
+    scores, p = train_and_score(cfg, arm, train, val, test, out, parent_run_id)
     buf = io.BytesIO()
     np.save(buf, np.asarray(p, np.float32))
     atomic_write_bytes(probs, buf.getvalue())

@@ -42,7 +42,7 @@ from augment.data.io import atomic_write_bytes
 
 log = logging.getLogger("cxr.utility")
 
-__all__ = ["run_utility", "latest_pool", "synthetic_for", "interval_text", "print_report", "main"]
+__all__ = ["run_utility", "train_and_score", "latest_pool", "synthetic_for", "interval_text", "print_report", "main"]
 
 
 def latest_pool(cfg: RunConfig) -> Path:
@@ -76,18 +76,21 @@ def synthetic_for(pool: NIHIndex, provenance: dict[str, Any], kept: set[str], mo
     return pool.subset(names)
 
 
-def _cell(
+def train_and_score(
     cfg: RunConfig, arm: str, train: NIHIndex, val: NIHIndex, test: NIHIndex, out: Path, parent_run_id: str | None
-) -> dict[str, Any]:
-    """Train one classifier, score it on ``test``; cached in ``out/scores.json``."""
+) -> tuple[dict[str, Any], Any]:
+    """Train one classifier with Ray Train into ``out``, score it on ``test``.
+
+    Returns:
+        The cell's scores (arm, train images, per-finding AUC and macro, test loss, MLflow
+        run, seconds) and its (N, 14) test probabilities. Nothing is cached here: the
+        callers (:func:`_cell`, ``jobs.longtail``) keep what they need.
+    """
     from augment.classifier.metrics import classification_metrics
     from augment.evaluation.utility import seed_values
     from jobs.pipeline import evaluate_checkpoint
     from jobs.train_classifier import train_classifier
 
-    done = out / "scores.json"
-    if done.is_file():
-        return json.loads(done.read_text())
     t0 = time.perf_counter()
     res = train_classifier(cfg, train, val, out, parent_run_id)
     shutil.rmtree(out / "ray", ignore_errors=True)
@@ -101,6 +104,17 @@ def _cell(
         "mlflow_run_id": res.run_id,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    return scores, p
+
+
+def _cell(
+    cfg: RunConfig, arm: str, train: NIHIndex, val: NIHIndex, test: NIHIndex, out: Path, parent_run_id: str | None
+) -> dict[str, Any]:
+    """Train one classifier, score it on ``test``; cached in ``out/scores.json``."""
+    done = out / "scores.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    scores, _ = train_and_score(cfg, arm, train, val, test, out, parent_run_id)
     atomic_write_bytes(done, json.dumps(scores, indent=1).encode())
     return scores
 
