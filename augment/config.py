@@ -348,7 +348,11 @@ class VerifierConfig(StageConfig):
         "validation negatives: with a handful of positives, J alone can buy full sensitivity by passing half the negatives"
     )
     min_val_positives: int = Field(
-        3, ge=1, description="a finding with fewer validation regions gets threshold 0.5 (not chosen on validation; a warning says so)"
+        3, ge=1, description="a finding with fewer validation regions gets the cut passing at most max_false_pass of its "
+        "validation negatives (sensitivity unmeasured; a warning says so)"
+    )
+    min_val_negatives: int = Field(
+        20, ge=1, description="without min_val_positives regions and with fewer negative crops than this, the threshold is 0.5"
     )
     seed: int = Field(0, ge=0, description=SEED_HELP)
 

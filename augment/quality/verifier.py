@@ -68,6 +68,7 @@ __all__ = [
     "region_centres",
     "save_verifier",
     "separating_threshold",
+    "false_pass_threshold",
     "verifier_report",
 ]
 
@@ -400,6 +401,28 @@ def separating_threshold(y: np.ndarray, score: np.ndarray, max_false_pass: float
     return float(1.0 / (1.0 + math.exp(-mid)))
 
 
+def false_pass_threshold(neg_score: np.ndarray, max_false_pass: float) -> float | None:
+    """The loosest cut that passes at most ``max_false_pass`` of the negatives, from negatives alone.
+
+    For a finding with too few validation regions to place Youden's J: the cut is still chosen
+    on validation, as a false-pass rate (Neyman-Pearson), midway in logit space between the
+    highest negative it rejects and the next one down. None when there are no negatives or
+    ``max_false_pass`` is 1 (no cap: nothing to choose by).
+    """
+    s = np.sort(np.asarray(neg_score, np.float64))[::-1]  # highest first
+    if not len(s) or max_false_pass >= 1.0:
+        return None
+    k = int(math.floor(max_false_pass * len(s) + 1e-9))  # this many negatives may pass
+    while 0 < k < len(s) and s[k - 1] == s[k]:
+        k -= 1  # ties: a cut cannot pass some of equal scores and not the others
+    eps = 1e-6
+    hi = float(np.clip(s[k - 1], eps, 1 - eps)) if k > 0 else 1 - eps
+    lo = float(np.clip(s[k], eps, 1 - eps)) if k < len(s) else eps
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    mid = 0.5 * (logit(lo) + logit(hi))
+    return float(1.0 / (1.0 + math.exp(-mid)))
+
+
 def _augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], generator=gen) < 0.5
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -458,8 +481,9 @@ def fit_verifier(
 ) -> FitResult:
     """Train the network on ``train``, choose thresholds on ``val``, report on ``val``.
 
-    A finding with fewer than ``cfg.min_val_positives`` validation positives gets threshold
-    0.5 (``threshold_source`` says so), with a warning.
+    A finding with fewer than ``cfg.min_val_positives`` validation positives gets the cut that
+    passes at most ``cfg.max_false_pass`` of its validation negatives (at least
+    ``cfg.min_val_negatives`` of them), else 0.5; ``threshold_source`` says which, with a warning.
     """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -512,8 +536,19 @@ def fit_verifier(
         if f in train.skipped:
             thresholds[f], source[f] = None, f"not trained: {train.skipped[f]}"
         elif n_pos < cfg.min_val_positives:
-            thresholds[f], source[f] = 0.5, f"default 0.5: only {n_pos} validation regions (< verifier.min_val_positives {cfg.min_val_positives})"
-            log.warning("verifier: %s has %d validation regions; its threshold is 0.5, not chosen on validation", f, n_pos)
+            n_neg = int((tt == 0).sum())
+            cut = false_pass_threshold(probs[tt == 0, j], cfg.max_false_pass) if n_neg >= cfg.min_val_negatives else None
+            if cut is not None:
+                thresholds[f] = cut
+                source[f] = (f"false-pass cut on {n_neg} validation negative crops (passing at most {cfg.max_false_pass:.0%}); "
+                             f"only {n_pos} validation regions (< verifier.min_val_positives {cfg.min_val_positives}) for Youden")
+                log.warning("verifier: %s has %d validation regions; its threshold %.3f passes at most %.0f%% of %d validation "
+                            "negatives, its sensitivity is not measured", f, n_pos, cut, 100 * cfg.max_false_pass, n_neg)
+            else:
+                thresholds[f], source[f] = 0.5, (f"default 0.5: only {n_pos} validation regions (< verifier.min_val_positives "
+                                                 f"{cfg.min_val_positives}) and {n_neg} negative crops")
+                log.warning("verifier: %s has %d validation regions and %d negatives; its threshold is 0.5, not chosen on "
+                            "validation", f, n_pos, n_neg)
         else:
             thresholds[f] = separating_threshold(tt[valid] == 1, probs[valid, j], cfg.max_false_pass)
             source[f] = (f"Youden on {n_pos} validation regions and {int((tt == 0).sum())} negative crops, "

@@ -14,10 +14,12 @@ from augment.quality.verifier import (
     Verifier,
     VerifierNet,
     crop_at,
+    false_pass_threshold,
     fill,
     fit_verifier,
     load_verifier,
     region_centres,
+    predict,
     save_verifier,
     separating_threshold,
     standardise,
@@ -64,6 +66,20 @@ def test_separating_threshold_sits_between_the_classes():
     assert (s[:10] >= strict).mean() <= 0.1 and 0.5 < strict < 0.6
     # no cut meets the cap: the strictest one
     assert separating_threshold(np.array([0, 1, 0]), np.array([0.1, 0.5, 0.9]), max_false_pass=0.0) > 0.5
+
+
+def test_false_pass_threshold_passes_the_allowed_share_of_negatives():
+    neg = np.linspace(0.01, 0.99, 40)
+    t = false_pass_threshold(neg, 0.1)
+    assert (neg >= t).mean() == pytest.approx(0.1)  # 4 of 40 pass
+    lo, hi = np.log(neg[35] / (1 - neg[35])), np.log(neg[36] / (1 - neg[36]))
+    assert t == pytest.approx(1 / (1 + np.exp(-(lo + hi) / 2)))  # midway between the 5th and 4th highest
+    # a cap of 0 rejects every negative; ties are not split, so fewer pass than allowed
+    assert (neg >= false_pass_threshold(neg, 0.0)).sum() == 0
+    tied = np.array([0.1] * 30 + [0.8] * 10)
+    assert (tied >= false_pass_threshold(tied, 0.1)).sum() == 0
+    # nothing to choose by: no negatives, or no cap
+    assert false_pass_threshold(np.array([]), 0.1) is None and false_pass_threshold(neg, 1.0) is None
 
 
 def test_fills_change_only_the_region():
@@ -123,6 +139,33 @@ def test_fit_separates_discs_from_noise_fills(fitted):
     assert row["pass.noise"] <= 0.1  # negative control: the disc's region filled with noise fails
     assert row["pass.place"] <= 0.1
     assert fit.threshold_source["Mass"].startswith("Youden")
+
+
+def _subset(cs: CropSet, keep: np.ndarray) -> CropSet:
+    return CropSet(crops=cs.crops[keep], targets=cs.targets[keep], kinds=cs.kinds[keep], finding=cs.finding[keep],
+                   groups=cs.groups[keep], findings=cs.findings)
+
+
+def test_a_finding_without_validation_regions_is_cut_on_its_negatives(fitted):
+    """Two validation regions cannot place Youden's J; the cut then caps the false-pass rate on the
+    validation negatives, and real discs it never saw still pass (a default of 0.5 measured nothing)."""
+    _, cfg = fitted
+    val = _cropset(1)
+    few = np.flatnonzero(val.kinds == "positive")[2:]
+    fit = fit_verifier(_cropset(0), _subset(val, np.setdiff1d(np.arange(len(val.kinds)), few)), cfg)
+    assert fit.threshold_source["Mass"].startswith("false-pass cut on 80 validation negative crops")
+    thr = fit.thresholds["Mass"]
+    assert thr != 0.5 and fit.report["Mass"]["pass.noise"] <= 0.1 and fit.report["Mass"]["pass.place"] <= 0.1
+    held = _cropset(2)
+    net = VerifierNet(1, cfg.channels)
+    net.load_state_dict(fit.state_dict)
+    p = predict(net, held.crops)[:, 0]
+    assert (p[held.kinds == "positive"] >= thr).mean() >= 0.9
+    assert (p[held.kinds != "positive"] >= thr).mean() <= 0.15
+    # too few negatives as well: the 0.5 default, said so
+    tiny = _subset(val, np.concatenate([np.flatnonzero(val.kinds == "positive")[:2], np.flatnonzero(val.kinds == "place")[:5]]))
+    fit2 = fit_verifier(_cropset(0), tiny, cfg.model_copy(update={"epochs": 1}))
+    assert fit2.thresholds["Mass"] == 0.5 and fit2.threshold_source["Mass"].startswith("default 0.5")
 
 
 def test_checkpoint_round_trip_and_gate_with_the_verifier(fitted, tmp_path):
