@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from augment.findings import FINDINGS
 
 __all__ = [
+    "ARTIFACT_URI_SCHEMES",
     "ConfigError",
     "StageConfig",
     "PhantomConfig",
@@ -693,10 +694,15 @@ def load_config(
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+ARTIFACT_URI_SCHEMES = (
+    "runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "http://", "https://",
+)
+"""Locations that are not local files: MLflow artifact URIs and object stores
+(:func:`augment.tracking.local_checkpoint` downloads them)."""
+
+
 def _local(path: str | os.PathLike) -> Path | None:
     """The local path of a path or ``file://`` URI; None for an MLflow or object-store URI."""
-    from augment.tracking import ARTIFACT_URI_SCHEMES
-
     text = str(path)
     if text.startswith(ARTIFACT_URI_SCHEMES):
         return None

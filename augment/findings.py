@@ -8,6 +8,8 @@ and a separate output could contradict the others). Label tables still carry a
 
 from __future__ import annotations
 
+from augment.errors import UnknownFindingError
+
 FINDINGS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
@@ -40,10 +42,10 @@ def finding_index(name: str) -> int:
     """Index of a finding in :data:`FINDINGS`.
 
     Raises:
-        ValueError: the name is not one of the 14 findings (the message lists them).
+        UnknownFindingError (a ValueError): the name is not one of the 14 findings (the message lists them).
     """
     canon = ALIASES.get(name, name)
     try:
         return FINDINGS.index(canon)
     except ValueError:
-        raise ValueError(f"unknown finding {name!r}; expected one of {list(FINDINGS)}") from None
+        raise UnknownFindingError(f"unknown finding {name!r}; expected one of {list(FINDINGS)}") from None

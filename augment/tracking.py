@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from augment.config import ARTIFACT_URI_SCHEMES
+
 if TYPE_CHECKING:  # pragma: no cover
     import mlflow
 
@@ -50,11 +52,6 @@ def resolve_uri(uri: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix):]).resolve())
     return uri
-
-
-ARTIFACT_URI_SCHEMES = (
-    "runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "abfss://", "dbfs:/", "http://", "https://",
-)
 
 
 def local_checkpoint(path_or_uri: str | os.PathLike, names: tuple[str, ...], tracking_uri: str | None = None) -> Path:

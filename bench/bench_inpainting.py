@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from augment.config import InpaintingConfig, load_config  # noqa: E402
 from augment.findings import FINDINGS  # noqa: E402
 from augment.inpainting.model import build_model, inference_layout, load_generator  # noqa: E402
+from augment.painter import load_painter  # noqa: E402
 from augment.inpainting.sampler import inpaint  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "inpainting.json"
@@ -259,7 +260,7 @@ def bench_acceptance(
     rng = np.random.default_rng(0)
     results: dict[str, Any] = {"n_per_finding": n, "findings": {}}
     phantom_findings = [f for f in cfg.data.phantom.prevalence if split.train.with_finding(f) and (not findings or f in findings)]
-    other_models = {name: load_generator(path) for name, path in (others or {}).items()}
+    other_models = {name: load_painter(path) for name, path in (others or {}).items()}
     methods = [f"flow_{s}" for s in step_counts] + list(other_models) + ["copy_paste", "noise"]
     seconds: dict[str, float] = {m: 0.0 for m in methods}
     counted: dict[str, int] = {m: 0 for m in methods}
@@ -286,7 +287,7 @@ def bench_acceptance(
         for m in methods:
             t0 = time.perf_counter()
             if m in other_models:
-                syn = inpaint(other_models[m], fixed, masks, targets, icfg, torch.Generator().manual_seed(0)).images
+                syn = other_models[m].paint(fixed, masks, targets, icfg, torch.Generator().manual_seed(0)).images
             elif m.startswith("flow_"):
                 steps = int(m.split("_")[1])
                 syn = inpaint(gen_model, fixed, masks, targets, icfg.model_copy(update={"steps": steps}), torch.Generator().manual_seed(0)).images

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from augment.augmentation.plan import plan_augmentation
     from augment.augmentation.steps import InpaintStep, RegisterStep, items_to_batches
     from augment.data import prepare_data
-    from augment.inpainting import findings_tensor, inpaint
+    from augment.inpainting import findings_tensor
     from augment.quality.verifier import fill, load_verifier
     from jobs.augment import build_bank, filter_inputs
 
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             sl = slice(i, i + cfg.augment.batch_size)
             cond = findings_tensor(findings[sl]) if label else torch.zeros(len(findings[sl]), 14)
             gens = [torch.Generator().manual_seed(s * 1_000_003 + 3) for s in seeds[sl]]
-            outs.append(inpaint(step.model, src[sl], masks[sl] > 0.5, cond, icfg, generator=gens, base=base[sl]).images)
+            outs.append(step.painter.paint(src[sl], masks[sl] > 0.5, cond, icfg, generator=gens, base=base[sl]).images)
         return torch.cat(outs)
 
     arms: dict[str, torch.Tensor] = {

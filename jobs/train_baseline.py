@@ -8,7 +8,7 @@ The loop is :func:`augment.baselines.train.fit_baseline` (plain PyTorch, one pro
 Ray Train: the baselines are small). Outputs go to ``<output_dir>/generator-<kind>/`` by
 default, beside the flow model's ``<output_dir>/generator/`` so that neither overwrites
 the other: ``generator.pt`` (``{state_dict, config, version, kind}``, written atomically;
-:func:`augment.inpainting.load_generator` reads it, so pointing ``serve.generator`` or the
+:func:`augment.painter.load_painter` reads it, so pointing ``serve.generator`` or the
 augment job at it swaps the generator), ``losses.json``, ``loss_curve.png`` and
 ``samples/step_*.png`` (healthy input, mask, output, as the flow job) with
 ``samples/crops_step_*.png`` (raw samples per finding). With tracking on, one MLflow run
@@ -103,10 +103,10 @@ def train_baseline(
         out_dir: default :func:`baseline_out_dir`.
         kind: ``"lsgan"``, ``"vae"`` or ``"gmvae"``.
         parent_run_id: the pipeline's MLflow run.
-        mask_fn: where findings live; default :func:`jobs.train_generator.default_mask_fn`.
+        mask_fn: where findings live; default :func:`jobs.generator_run.default_mask_fn`.
 
     Returns:
-        A :class:`jobs.train_generator.TrainedGenerator` (``losses`` is the history's
+        A :class:`jobs.generator_run.TrainedGenerator` (``losses`` is the history's
         ``"loss"``; ``resumed_from_step`` is always None).
 
     Raises:
@@ -114,11 +114,12 @@ def train_baseline(
             cannot make.
     """
     from augment import tracking
-    from augment.baselines.base import BASELINE_KINDS, build_baseline, check_crop_size, save_baseline
+    from augment.baselines.base import BASELINE_KINDS, check_crop_size
+    from augment.baselines.registry import build_baseline, save_baseline
     from augment.baselines.train import fit_baseline
     from augment.evaluation.plots import save_figure
     from augment.inpainting.train import build_training_set
-    from jobs.train_generator import CHECKPOINT_NAME, TrainedGenerator, default_mask_fn, sample_grid
+    from jobs.generator_run import CHECKPOINT_NAME, TrainedGenerator, default_mask_fn, sample_grid
 
     kind = kind or cfg.baseline.kind
     if kind not in BASELINE_KINDS:
@@ -212,11 +213,11 @@ def train_baseline(
 def _log_model(ckpt: Path) -> None:
     import mlflow
 
-    from augment.inpainting.model import load_generator
+    from augment.baselines.registry import load_baseline
 
     try:
         mlflow.pytorch.log_model(
-            load_generator(ckpt),
+            load_baseline(ckpt),
             name="model",
             serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],

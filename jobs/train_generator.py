@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,72 +34,20 @@ import torch
 from augment.config import ConfigError, InpaintingConfig, RunConfig, load_config
 from augment.data.io import atomic_torch_save
 from augment.data.nih import NIHIndex
+from jobs.generator_run import CHECKPOINT_NAME, TrainedGenerator, default_mask_fn, sample_grid
 
 log = logging.getLogger("cxr.train_generator")
 
 __all__ = ["TrainedGenerator", "train_generator", "train_loop_per_worker", "default_mask_fn", "sample_grid", "main"]
 
-CHECKPOINT_NAME = "generator.pt"
 STATE_NAME = "generator_state.pt"
 # Settings that shape the network: a saved state is only resumed when they match.
 _ARCH_KEYS = ("crop_size", "block_out_channels", "layers_per_block", "mid_attention", "label_planes")
 
 
-@dataclass(frozen=True)
-class TrainedGenerator:
-    """The outcome of :func:`train_generator`.
-
-    Attributes:
-        checkpoint_path: ``{state_dict (EMA), config, version}`` in ``out_dir``.
-        run_id: the MLflow run, or None when tracking is off.
-        losses: the loss of every step since step 1 (resumed steps included).
-        resumed_from_step: the step training resumed at (None: started fresh).
-        seconds: wall time of ``trainer.fit()`` (Ray start-up excluded).
-    """
-
-    checkpoint_path: Path
-    run_id: str | None
-    losses: tuple[float, ...]
-    resumed_from_step: int | None
-    seconds: float
-
-
 def _arch(icfg: InpaintingConfig) -> dict[str, Any]:
     d = icfg.model_dump(mode="json")
     return {k: d[k] for k in _ARCH_KEYS}
-
-
-def default_mask_fn(cfg: RunConfig, index: NIHIndex):
-    """Where findings live in training images: phantom ground truth, else NIH boxes, else none."""
-    from augment.inpainting.train import attention_mask_fn, phantom_mask_fn
-
-    if cfg.data.source == "phantom" or (Path(index.root) / "masks").is_dir():
-        return phantom_mask_fn(index.root)
-    if index.bboxes:
-        from augment.attention import BBoxSource
-
-        a = cfg.attention
-        return attention_mask_fn(BBoxSource(index), a.threshold, a.min_area, a.max_area)
-    log.warning("no phantom masks and no NIH boxes under %s: pass mask_fn (e.g. Grad-CAM masks) to paint findings", index.root)
-    return lambda rec, image, finding: None
-
-
-def sample_grid(model: torch.nn.Module, data: Any, icfg: InpaintingConfig, n: int = 4, seed: int = 0, title: str = ""):
-    """A figure of n rows (healthy input, mask, output) on fixed inputs (same ``seed`` each time)."""
-    from augment.evaluation.plots import image_grid
-    from augment.findings import FINDINGS
-    from augment.inpainting.sampler import inpaint
-    from augment.inpainting.train import preview_inputs
-
-    images, masks, findings = preview_inputs(data, n, torch.Generator().manual_seed(seed))
-    res = inpaint(model, images, masks, findings, icfg, torch.Generator().manual_seed(seed))
-    cells, titles, overlays = [], [], []
-    for i in range(n):
-        names = "+".join(FINDINGS[j] for j in torch.nonzero(findings[i]).flatten()) or "healthy"
-        cells += [images[i], images[i], res.images[i]]
-        overlays += [None, masks[i], None]
-        titles += [f"{title} input", f"mask: {names}"[:30], "output"]
-    return image_grid(cells, titles, ncols=3, overlays=overlays)
 
 
 def _load_state(config: dict[str, Any]) -> dict[str, Any] | None:

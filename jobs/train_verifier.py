@@ -85,20 +85,20 @@ def make_painter(cfg: RunConfig, checkpoint: str | os.PathLike) -> Any:
     """
     import torch
 
-    from augment.inpainting import inpaint, load_generator
     from augment.inpainting.model import resolve_device
+    from augment.painter import load_painter
 
     if not Path(checkpoint).is_file():
         raise ValueError(
             f"verifier.hard_negatives names 'generator' but there is no generator checkpoint at {checkpoint}: train one "
             "(python -m jobs.train_generator), pass --generator, or drop 'generator' from verifier.hard_negatives")
-    model = load_generator(checkpoint, map_location=resolve_device(cfg.inpainting.device))
+    painter = load_painter(checkpoint, map_location=resolve_device(cfg.inpainting.device))
     icfg = cfg.inpainting.model_copy(update={"coupling": "noise"})
 
     def paint(images: Any, regions: Any, seeds: list[int]) -> Any:
         healthy = torch.zeros(len(seeds), 14)
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        return inpaint(model, images, regions, healthy, icfg, generator=gens).images
+        return painter.paint(images, regions, healthy, icfg, generator=gens).images
 
     return paint
 

@@ -31,6 +31,7 @@ import torch
 from ray import serve
 
 from augment.config import RunConfig, ServeConfig
+from augment.errors import NoContrastError, UnknownFindingError
 from augment.findings import FINDINGS
 
 log = logging.getLogger("cxr.serve")
@@ -87,11 +88,12 @@ def json_safe(value: Any) -> Any:
 
 
 def _as_error(exc: Exception, known: list[str]) -> dict[str, Any]:
-    """Library errors (ValueError/TypeError naming the problem) -> a 422 error dict."""
+    """Library errors (ValueError/TypeError naming the problem) -> a 422 error dict, the code by
+    the error's class (:mod:`augment.errors`), never by its message."""
     msg = public_message(str(exc))
-    if "unknown finding" in msg or "no reference shows" in msg:
+    if isinstance(exc, UnknownFindingError):
         return error_dict(422, "unknown_finding", msg, known=known)
-    if "constant" in msg:
+    if isinstance(exc, NoContrastError):
         return error_dict(422, "no_contrast", msg)
     return error_dict(422, "invalid_input", msg)
 

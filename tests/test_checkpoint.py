@@ -62,7 +62,7 @@ def test_read_checkpoint_refuses_pickled_objects_unexecuted(crafted: tuple[Path,
 
 
 def _loaders():
-    from augment.baselines.base import load_baseline
+    from augment.baselines.registry import load_baseline
     from augment.classifier.checkpoint import load_checkpoint as load_classifier_checkpoint
     from augment.classifier.checkpoint import load_classifier
     from augment.inpainting.model import load_checkpoint as load_generator_checkpoint

@@ -153,12 +153,13 @@ control of the long-tail benchmark and the gate's positive control)."""
 
 
 class InpaintStep:
-    """Paint the finding into each region with the flow-matching generator (loaded once), or,
+    """Paint the finding into each region with the generator of any kind (loaded once), or,
     with ``generator_checkpoint`` :data:`PASTE`, keep the carried real lesion as it is."""
 
     def __init__(self, cfg: RunConfig, generator_checkpoint: str) -> None:
-        from augment.inpainting import findings_tensor, inpaint, load_generator
+        from augment.inpainting import findings_tensor
         from augment.inpainting.model import resolve_device
+        from augment.painter import load_painter
 
         self.cfg = cfg
         self.paste = str(generator_checkpoint) == PASTE
@@ -167,8 +168,7 @@ class InpaintStep:
                 raise ValueError("the paste generator keeps the carried lesion: it needs inpainting.coupling 'lesion'")
             return
         self.device = resolve_device(cfg.inpainting.device)
-        self.model = load_generator(generator_checkpoint, map_location=self.device)
-        self._inpaint = inpaint
+        self.painter = load_painter(generator_checkpoint, map_location=self.device)
         self._findings = findings_tensor
 
     def __call__(self, batch: Batch) -> Batch:
@@ -182,10 +182,8 @@ class InpaintStep:
             msk = torch.from_numpy(batch["mask"][ok].astype(bool))[:, None]
             gens = [_generator(batch["seed"][i], 3) for i in ok]
             base = torch.from_numpy(batch["base"][ok])[:, None] if "base" in batch else None
-            res = self._inpaint(
-                self.model, img, msk, self._findings([str(batch["finding"][i]) for i in ok]),
-                self.cfg.inpainting, generator=gens, base=base,
-            )
+            res = self.painter.paint(img, msk, self._findings([str(batch["finding"][i]) for i in ok]),
+                                     self.cfg.inpainting, generator=gens, base=base)
             synthetic[ok] = res.images[:, 0].cpu().numpy()
         return {**batch, "synthetic": synthetic}
 

@@ -23,7 +23,8 @@ from typing import Callable
 
 import torch
 
-from augment.baselines.base import BASELINE_KINDS, BaselineGenerator, build_baseline
+from augment.baselines.base import BASELINE_KINDS, BaselineGenerator
+from augment.baselines.registry import build_baseline
 from augment.baselines.lsgan import LSGAN
 from augment.baselines.vae import ConditionalVAE
 from augment.config import BaselineConfig, InpaintingConfig

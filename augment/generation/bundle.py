@@ -15,12 +15,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from augment.config import RunConfig
 from augment.findings import FINDINGS
+
+if TYPE_CHECKING:  # the models load lazily, in load_bundle
+    from augment.painter import Painter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class ModelBundle:
 
     Attributes:
         classifier: the EfficientNet classifier, eval mode.
-        generator: the inpainting velocity network (:class:`~augment.inpainting.model.VelocityNet`), eval mode.
+        generator: the generator (:class:`~augment.painter.Painter`: the flow model or a baseline), eval mode.
         references: the :class:`~augment.augmentation.references.ReferenceBank` (images and
             maps at ``work_size``, on the CPU).
         spec: the locations the models were loaded from.
@@ -58,7 +61,7 @@ class ModelBundle:
     """
 
     classifier: torch.nn.Module
-    generator: torch.nn.Module
+    generator: Painter
     references: Any
     spec: ModelSpec
     work_size: int
@@ -213,14 +216,14 @@ def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.dev
         ValueError: a checkpoint or the reference folder is missing or unusable.
     """
     from augment.classifier import load_classifier
-    from augment.inpainting.model import load_generator
+    from augment.painter import load_painter
 
     spec = spec or default_locations(cfg)
     dev = torch.device(device) if device is not None else pick_device(cfg.resources.use_gpu)
     t0 = time.perf_counter()
     classifier = load_classifier(spec.classifier, map_location=dev, tracking_uri=cfg.tracking.uri)
     gen_path = resolve_checkpoint(spec.generator, (GENERATOR_NAME,), cfg.tracking.uri)
-    generator = load_generator(gen_path, map_location=dev)
+    generator = load_painter(gen_path, map_location=dev)
     root = Path(str(spec.references).removeprefix("file://"))
     if not root.is_dir():
         raise ValueError(f"reference folder {root} does not exist; set serve.references to an NIH-layout folder")
@@ -249,8 +252,9 @@ def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.dev
         "generator": {
             "uri": spec.generator,
             "path": str(gen_path),
-            "config": generator.cfg.model_dump(mode="json") if hasattr(generator, "cfg") else None,
-            "parameters": sum(p.numel() for p in generator.parameters()),
+            "kind": generator.kind,
+            "config": generator.settings(cfg.inpainting).model_dump(mode="json"),
+            "parameters": sum(p.numel() for p in generator.model.parameters()),
         },
         "references": {
             "root": str(root),

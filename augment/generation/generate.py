@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from augment.classifier import predict_proba
 from augment.config import InpaintingConfig, RunConfig
 from augment.data.io import resize, validate_batch
+from augment.errors import NoContrastError, UnknownFindingError
 from augment.findings import FINDINGS, finding_index
 from augment.generation.bundle import ModelBundle
 from augment.generation.seeded import inpaint_seeded, seed_generator
@@ -146,7 +147,7 @@ class GenerationResult:
 
 def sampling_config(bundle: ModelBundle, cfg: RunConfig, steps: int | None = None, guidance: float | None = None) -> InpaintingConfig:
     """The generator's own architecture settings with the profile's (or the request's) sampling settings."""
-    base = getattr(bundle.generator, "cfg", cfg.inpainting)
+    base = bundle.generator.settings(cfg.inpainting)
     s = cfg.inpainting
     return base.model_copy(
         update={
@@ -198,13 +199,13 @@ def check_request(req: GenerationRequest, bundle: ModelBundle) -> GenerationRequ
     if image.shape[0] != 1:
         raise ValueError(f"one radiograph per request, got a batch of {image.shape[0]}")
     if float(image.std()) < 1e-4:
-        raise ValueError("the image is constant (no contrast): registration needs a radiograph")
+        raise NoContrastError("the image is constant (no contrast): registration needs a radiograph")
     if not req.findings:
         raise ValueError(f"name at least one finding, one of {bundle.available_findings}")
     names = tuple(dict.fromkeys(FINDINGS[finding_index(f)] for f in req.findings))
     missing = [f for f in names if f not in bundle.available_findings]
     if missing:
-        raise ValueError(f"no reference shows {missing}; findings with references: {bundle.available_findings}")
+        raise UnknownFindingError(f"no reference shows {missing}; findings with references: {bundle.available_findings}")
     if req.n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {req.n_samples}")
     if req.steps is not None and req.steps < 1:

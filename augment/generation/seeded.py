@@ -13,7 +13,8 @@ from typing import Sequence
 import torch
 
 from augment.config import InpaintingConfig
-from augment.inpainting.sampler import InpaintResult, inpaint
+from augment.inpainting.sampler import InpaintResult
+from augment.painter import Painter
 
 __all__ = ["inpaint_seeded", "seed_generator"]
 
@@ -24,7 +25,7 @@ def seed_generator(seed: int) -> torch.Generator:
 
 
 def inpaint_seeded(
-    model: torch.nn.Module,
+    painter: Painter,
     image: torch.Tensor,
     mask: torch.Tensor,
     findings: torch.Tensor,
@@ -32,10 +33,10 @@ def inpaint_seeded(
     seeds: Sequence[int],
     base: torch.Tensor | None = None,
 ) -> InpaintResult:
-    """:func:`~augment.inpainting.inpaint` with an independent seed per image.
+    """:meth:`Painter.paint <augment.painter.Painter.paint>` with an independent seed per image.
 
     Args:
-        model: the velocity network.
+        painter: the generator (flow model or baseline).
         image: (B, 1, H, W) float in [0, 1].
         mask: (B, 1, H, W) bool or float; ``> 0.5`` is repainted.
         findings: (B, 14) multi-hot.
@@ -49,4 +50,4 @@ def inpaint_seeded(
     """
     if len(seeds) != image.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {image.shape[0]} images; give one seed per image")
-    return inpaint(model, image, mask, findings, cfg, generator=[seed_generator(s) for s in seeds], base=base)
+    return painter.paint(image, mask, findings, cfg, generator=[seed_generator(s) for s in seeds], base=base)

@@ -51,6 +51,8 @@ __all__ = [
     "make_ema",
     "ema_copy",
     "save_checkpoint",
+    "check_flow_payload",
+    "flow_from_payload",
     "load_checkpoint",
     "load_generator",
     "inference_layout",
@@ -282,47 +284,63 @@ def save_checkpoint(
     return atomic_torch_save(payload, p)
 
 
+def check_flow_payload(payload: dict[str, Any], source: str | os.PathLike = "<checkpoint>") -> dict[str, Any]:
+    """Check a loaded flow checkpoint dict: its kind, version and finding names.
+
+    Raises:
+        CheckpointError (a ValueError): another kind (load it with
+            :func:`augment.painter.load_painter`), another version, other findings.
+    """
+    kind = payload.get("kind", "flow")  # flow checkpoints from before the key had none
+    if kind != "flow":
+        raise CheckpointError(f"{source} is a {kind!r} checkpoint, not the flow model's; load any generator with "
+                              "augment.painter.load_painter")
+    if payload["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{source} has checkpoint version {payload['version']}, this code reads {CHECKPOINT_VERSION}; retrain the generator"
+        )
+    if list(payload.get("findings", FINDINGS)) != list(FINDINGS):
+        raise CheckpointError(f"{source} was trained on other finding names {payload.get('findings')}")
+    return payload
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a generator checkpoint.
+    """Read and check a flow generator checkpoint.
 
     Loaded with ``weights_only=True`` (:func:`augment.checkpoint.read_checkpoint`): a file
     holding other pickled objects is refused without running them.
 
     Raises:
-        CheckpointError (a ValueError): missing, unreadable or unsafe file, not a generator
-            checkpoint, other version, other findings.
+        CheckpointError (a ValueError): missing, unreadable or unsafe file, not a flow
+            generator checkpoint, other version, other findings.
     """
     p = Path(path)
     payload = read_checkpoint(p, "generator checkpoint", map_location=map_location,
                               hint="train one with python -m jobs.train_generator")
-    if payload.get("kind", "flow") != "flow":
-        return payload  # a baseline's: its own version and findings are checked by baseline_from_payload
-    if payload["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{p} has checkpoint version {payload['version']}, this code reads {CHECKPOINT_VERSION}; retrain the generator"
-        )
-    if list(payload.get("findings", FINDINGS)) != list(FINDINGS):
-        raise CheckpointError(f"{p} was trained on other finding names {payload.get('findings')}")
-    return payload
+    return check_flow_payload(payload, p)
 
 
-def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the network from a checkpoint (config included) and load its weights, in eval mode.
+def flow_from_payload(payload: dict[str, Any], source: str | os.PathLike = "<checkpoint>",
+                      map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the velocity network from a loaded checkpoint dict (config included), in eval mode
+    on ``map_location`` and in the CPU's inference layout.
 
-    A checkpoint whose ``kind`` is a baseline (``"lsgan"``, ``"vae"``, ``"gmvae"``) gives that
-    :class:`~augment.baselines.BaselineGenerator`; :func:`~augment.inpainting.inpaint` accepts both.
+    Raises:
+        CheckpointError: see :func:`check_flow_payload`.
     """
-    payload = load_checkpoint(path, map_location)
-    if payload.get("kind", "flow") != "flow":
-        from augment.baselines.base import baseline_from_payload  # lazy: augment.baselines imports this package
-
-        return baseline_from_payload(payload, path).to(map_location).eval()
+    check_flow_payload(payload, source)
     config = dict(payload["config"])
     config.setdefault("label_planes", False)  # checkpoints from before the option had none
     cfg = InpaintingConfig.model_validate(config)
     model = VelocityNet(cfg)
     model.load_state_dict(payload["state_dict"])
     return inference_layout(model.to(map_location).eval())
+
+
+def load_generator(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The flow model of a checkpoint, in eval mode. A generator of any kind (flow, LSGAN, VAE)
+    loads with :func:`augment.painter.load_painter`."""
+    return flow_from_payload(load_checkpoint(path, map_location), path, map_location)
 
 
 def inference_layout(model: nn.Module) -> nn.Module:

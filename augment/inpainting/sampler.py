@@ -168,9 +168,9 @@ def inpaint(
     """Paint ``findings`` into the masked region of each image.
 
     Args:
-        model: a velocity network (:class:`~augment.inpainting.model.VelocityNet`, EMA weights),
-            or a :class:`~augment.baselines.BaselineGenerator`, whose ``paint`` then samples a
-            crop of the findings into the mask (``cfg.region``/``context`` apply; ``nfe`` = 1).
+        model: a velocity network (:class:`~augment.inpainting.model.VelocityNet`, EMA weights).
+            Any generator, the baselines included, paints through
+            :meth:`augment.painter.Painter.paint`.
         image: (B, 1, H, W) float in [0, 1].
         mask: (B, 1, H, W) bool or float; ``> 0.5`` is repainted.
         findings: (B, 14) multi-hot over FINDINGS (see :func:`findings_tensor`); several
@@ -185,7 +185,7 @@ def inpaint(
             with ``cfg.coupling == "lesion"`` the ODE starts at ``t = cfg.coupling_t0`` from
             the interpolant's point between the noise and this image inside the mask, so the
             flow harmonises a real lesion into its new surroundings instead of inventing one.
-            Ignored with ``cfg.coupling == "noise"`` and by the baselines.
+            Ignored with ``cfg.coupling == "noise"``.
 
     Returns:
         An :class:`InpaintResult`.
@@ -201,13 +201,6 @@ def inpaint(
             f"findings must be a (B, 14) = ({image.shape[0]}, {len(FINDINGS)}) multi-hot tensor, "
             f"got {getattr(findings, 'shape', type(findings))}; build it with findings_tensor(['Nodule', ...])"
         )
-    from augment.baselines.base import BaselineGenerator  # lazy: augment.baselines imports this package
-
-    if isinstance(model, BaselineGenerator):  # LSGAN / VAE baselines: sample a crop, paste it into the mask
-        t0 = time.perf_counter()
-        out = model.paint(image, mask, findings, generator, region=cfg.region, context=cfg.context)
-        maskb = mask > 0.5 if mask.dtype != torch.bool else mask
-        return InpaintResult(images=out.images, masks=maskb, boxes=out.boxes, nfe=1, seconds=time.perf_counter() - t0)
     t0 = time.perf_counter()
     device = _model_device(model)
     image = image.float()

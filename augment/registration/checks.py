@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from augment.data.io import validate_batch
+from augment.errors import NoContrastError
 
 __all__ = ["MIN_SIDE", "check_images", "check_pair", "check_map", "check_field"]
 
@@ -54,7 +55,7 @@ def check_images(x: torch.Tensor, name: str) -> torch.Tensor:
     std = x.flatten(1).std(dim=1)
     flat = torch.nonzero(std < _CONSTANT_STD).flatten().tolist()
     if flat:
-        raise ValueError(
+        raise NoContrastError(
             f"{name} image(s) {flat} are constant (no contrast); Demons needs intensity "
             "gradients: drop blank or saturated images before registering"
         )

@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from augment.baselines import BaselineGenerator, build_baseline, load_baseline, save_baseline
-from augment.baselines.base import BASELINE_KINDS, baseline_from_payload, per_image_generators
+from augment.baselines.base import BASELINE_KINDS, per_image_generators
+from augment.baselines.registry import baseline_from_payload
 from augment.config import BaselineConfig, InpaintingConfig, RunConfig
 from augment.inpainting import findings_tensor, inpaint, load_generator
+from augment.painter import Painter, load_painter
 from augment.inpainting.crop import mask_boxes
 
 KINDS = list(BASELINE_KINDS)
@@ -134,28 +136,36 @@ def test_bad_checkpoints_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_load_generator_and_inpaint_dispatch_on_the_checkpoint_kind(tmp_path, kind):
+def test_load_painter_dispatches_on_the_checkpoint_kind(tmp_path, kind):
     m = _model(kind)
     path = save_baseline(tmp_path / "generator.pt", m)
-    model = load_generator(path)
-    assert isinstance(model, BaselineGenerator) and model.kind == kind
+    painter = load_painter(path)
+    assert isinstance(painter, Painter) and isinstance(painter.model, BaselineGenerator) and painter.kind == kind
     images, masks, f = _inputs()
-    res = inpaint(model, images, masks.float(), f, InpaintingConfig(crop_size=16), generator=_gens(1, 2, 3))
+    res = painter.paint(images, masks.float(), f, InpaintingConfig(crop_size=16), generator=_gens(1, 2, 3))
     assert torch.equal(res.images, m.inpaint(images, masks, f, _gens(1, 2, 3)))
     assert torch.equal(res.images[~masks], images[~masks]) and torch.equal(res.masks, masks)
     assert res.nfe == 1 and len(res.boxes) == 3
 
 
-def test_the_flow_checkpoint_still_loads_as_the_velocity_net(tmp_path):
+def test_the_flow_checkpoint_loads_as_the_velocity_net_and_paints_through_the_same_call(tmp_path):
     from augment.inpainting.model import VelocityNet, build_model, save_checkpoint
 
     icfg = InpaintingConfig(crop_size=16, block_out_channels=[8, 16], mid_attention=False, bf16=False, steps=1)
     path = save_checkpoint(tmp_path / "generator.pt", build_model(icfg), icfg)
-    model = load_generator(path)
-    assert type(model) is VelocityNet
+    painter = load_painter(path)
+    assert painter.kind == "flow" and type(painter.model) is VelocityNet
+    assert type(load_generator(path)) is VelocityNet  # the flow package's own loader
     images, masks, f = _inputs(1, 32)
-    res = inpaint(model, images, masks, f, icfg, generator=_gens(0))
+    res = painter.paint(images, masks, f, icfg, generator=_gens(0))
     assert res.nfe == 1 and torch.equal(res.images[~masks], images[~masks])
+    assert torch.equal(res.images, inpaint(painter.model, images, masks, f, icfg, generator=_gens(0)).images)
+    # the flow package loads the flow model only, and says where the others load
+    with pytest.raises(ValueError, match="load_painter"):
+        load_generator(save_baseline(tmp_path / "vae.pt", _model("vae")))
+    torch.save({**torch.load(tmp_path / "vae.pt", weights_only=True), "kind": "diffusion"}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="generator kinds are"):
+        load_painter(tmp_path / "odd.pt")
 
 
 def test_the_augment_jobs_inpaint_step_runs_a_baseline_checkpoint(tmp_path):
@@ -187,10 +197,11 @@ def test_the_services_sampling_path_takes_a_baseline(tmp_path):
     from augment.generation.generate import sampling_config
     from augment.generation.seeded import inpaint_seeded
 
-    model = load_generator(save_baseline(tmp_path / "generator.pt", _model("gmvae")))
+    painter = load_painter(save_baseline(tmp_path / "generator.pt", _model("gmvae")))
     cfg = RunConfig()
-    icfg = sampling_config(SimpleNamespace(generator=model), cfg, steps=3)
+    icfg = sampling_config(SimpleNamespace(generator=painter), cfg, steps=3)
     images, masks, f = _inputs()
-    res = inpaint_seeded(model, images, masks, f, icfg, [5, 6, 7])
+    res = inpaint_seeded(painter, images, masks, f, icfg, [5, 6, 7])
+    model = painter.model
     assert torch.equal(res.images, model.inpaint(images, masks, f, _gens(5, 6, 7), context=cfg.inpainting.context))
     assert torch.equal(res.images[~masks], images[~masks])

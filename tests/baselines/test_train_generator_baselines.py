@@ -25,7 +25,7 @@ def _sets(tmp_path, *extra):
 def test_cli_trains_a_vae_writes_its_checkpoint_and_one_mlflow_run(tmp_path, capsys):
     import mlflow
 
-    from augment.inpainting import load_generator
+    from augment.painter import load_painter
     from jobs.train_generator import main
 
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -34,7 +34,7 @@ def test_cli_trains_a_vae_writes_its_checkpoint_and_one_mlflow_run(tmp_path, cap
     out = tmp_path / "runs" / "generator-vae"
     ckpt = out / "generator.pt"
     assert ckpt.is_file() and not (tmp_path / "runs" / "generator").exists()  # the flow model's folder is left alone
-    model = load_generator(ckpt)
+    model = load_painter(ckpt).model
     assert isinstance(model, ConditionalVAE) and model.crop_size == 16
     assert torch.load(ckpt, weights_only=True)["extra"]["step"] == 3
     history = json.loads((out / "losses.json").read_text())

@@ -62,9 +62,9 @@ def test_seeded_batch_of_one_equals_inpaint(setup):
     cfg, bundle, healthy, *_ = setup
     mask = torch.zeros_like(healthy, dtype=torch.bool)
     mask[..., 20:34, 24:40] = True
-    icfg = bundle.generator.cfg.model_copy(update={"steps": 2, "bf16": False})
+    icfg = bundle.generator.model.cfg.model_copy(update={"steps": 2, "bf16": False})
     cond = findings_tensor(["Mass"])
-    a = inpaint(bundle.generator, healthy, mask, cond, icfg, seed_generator(7))
+    a = inpaint(bundle.generator.model, healthy, mask, cond, icfg, seed_generator(7))
     b = inpaint_seeded(bundle.generator, healthy, mask, cond, icfg, [7])
     assert torch.equal(a.images, b.images)
 
@@ -73,7 +73,7 @@ def test_seeded_batch_gives_each_image_its_own_noise(setup):
     cfg, bundle, healthy, *_ = setup
     mask = torch.zeros_like(healthy, dtype=torch.bool)
     mask[..., 20:34, 24:40] = True
-    icfg = bundle.generator.cfg.model_copy(update={"steps": 2, "bf16": False})
+    icfg = bundle.generator.model.cfg.model_copy(update={"steps": 2, "bf16": False})
     batch = inpaint_seeded(bundle.generator, healthy.repeat(3, 1, 1, 1), mask.repeat(3, 1, 1, 1),
                            findings_tensor(["Mass"] * 3), icfg, [1, 2, 1])
     alone = inpaint_seeded(bundle.generator, healthy, mask, findings_tensor(["Mass"]), icfg, [2])

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from augment.config import ConfigError, load_config
@@ -113,3 +114,23 @@ def test_builder_takes_resources_from_the_profile_and_needs_a_token(tmp_path, mo
         app({"config": str(profile), "replicas": 3})
     with pytest.raises(ConfigError):
         app({"config": str(profile), "overrides": ["serve.max_batch_size=0"]})
+
+
+def test_error_codes_follow_the_error_class_not_its_words():
+    from augment.errors import NoContrastError, UnknownFindingError
+    from services.deployments import _as_error
+
+    assert _as_error(UnknownFindingError("Hernia has no references here"), ["Mass"])["error"] == {
+        "status": 422, "code": "unknown_finding", "message": "Hernia has no references here", "known": ["Mass"]}
+    assert _as_error(NoContrastError("all pixels are 0.5"), [])["error"]["code"] == "no_contrast"
+    # words alone do not pick the code: a plain ValueError is invalid input whatever it says
+    plain = _as_error(ValueError("unknown finding in a constant image"), ["Mass"])["error"]
+    assert plain["code"] == "invalid_input" and "known" not in plain
+    # and the library raises the typed errors where a service meets them
+    from augment.findings import finding_index
+    from augment.registration.checks import check_images
+
+    with pytest.raises(UnknownFindingError):
+        finding_index("Broken_Arm")
+    with pytest.raises(NoContrastError):
+        check_images(torch.full((1, 1, 64, 64), 0.5), "fixed")
