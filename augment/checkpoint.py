@@ -1,7 +1,8 @@
-"""One checkpoint format for every model: ``{state_dict, config, version, findings, ...}``.
+"""One checkpoint format for every model: ``{kind, state_dict, config, version, findings, ...}``.
 
-Every model this package saves (classifier, flow generator, VAE / GMVAE / LSGAN baselines)
-and every training state it resumes from is a ``torch.save`` file of plain data: tensors,
+Every model this package saves (classifier, flow generator, VAE / GMVAE / LSGAN baselines,
+verifier) writes its ``kind``, the config that rebuilds it and its format ``version``;
+:func:`check_format` is the one check every loader applies. Every model and every training state it resumes from is a ``torch.save`` file of plain data: tensors,
 numbers, strings, lists and dicts. :func:`read_checkpoint` loads them with
 ``torch.load(weights_only=True)``, which refuses any pickled object that is not such data,
 so a crafted ``.pt`` (from a shared disk, or an MLflow server someone else can write to)
@@ -19,7 +20,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "read_checkpoint", "unwrap", "weights_of"]
+__all__ = ["CheckpointError", "read_checkpoint", "check_format", "unwrap", "weights_of"]
 
 
 class CheckpointError(ValueError):
@@ -82,4 +83,32 @@ def read_checkpoint(
     if not isinstance(payload, dict) or not set(keys) <= payload.keys():
         got = sorted(payload)[:8] if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{p} is not a {what}: expected keys {', '.join(keys)}; got {got}")
+    return payload
+
+
+def check_format(payload: dict[str, Any], source: str | os.PathLike, kind: str, version: int, retrain: str,
+                 findings: Iterable[str] | None = None) -> dict[str, Any]:
+    """The one check of a loaded checkpoint: its kind, its format version and its finding names.
+
+    Args:
+        payload: from :func:`read_checkpoint`.
+        source: the file, for messages.
+        kind: the kind the loader reads (a file from before the ``kind`` key is taken as it).
+        version: the format version this code reads; any other is refused.
+        retrain: how to make a current one (``"retrain with python -m jobs.train_classifier"``).
+        findings: the finding names the model must predict, in order; None skips the check.
+
+    Raises:
+        CheckpointError: another kind, another version, other findings.
+    """
+    got = payload.get("kind", kind)
+    if got != kind:
+        raise CheckpointError(f"{source} is a {got!r} checkpoint, not a {kind}")
+    v = int(payload["version"])
+    if v != version:
+        fix = "upgrade cxr-augment" if v > version else retrain
+        raise CheckpointError(f"{source} is a {kind} checkpoint of format {v}, {'newer' if v > version else 'older'} "
+                              f"than this code's {version}; {fix}")
+    if findings is not None and list(payload.get("findings", findings)) != list(findings):
+        raise CheckpointError(f"{source} was trained on other finding names {payload.get('findings')}; {retrain}")
     return payload

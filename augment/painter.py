@@ -27,7 +27,7 @@ from augment.baselines.base import BaselineGenerator
 from augment.baselines.registry import BASELINE_KINDS, baseline_from_payload
 from augment.checkpoint import CheckpointError, read_checkpoint
 from augment.config import InpaintingConfig
-from augment.inpainting.model import flow_from_payload
+from augment.inpainting.model import ARCHITECTURE_KEYS, flow_from_payload
 from augment.inpainting.sampler import InpaintResult, inpaint
 
 __all__ = ["Painter", "FlowPainter", "BaselinePainter", "LOADERS", "register", "load_painter", "painter_of"]
@@ -51,8 +51,8 @@ class Painter(Protocol):
               generator: Generators = None, base: torch.Tensor | None = None) -> InpaintResult: ...
 
     def settings(self, profile: InpaintingConfig) -> InpaintingConfig:
-        """The inpainting settings to paint with: the checkpoint's own architecture settings
-        where it has them, else the profile's."""
+        """The inpainting settings to paint with: the profile's, with the checkpoint's own
+        architecture settings (crop size, network) where it has them."""
         ...
 
 
@@ -68,7 +68,8 @@ class FlowPainter:
         return inpaint(self.model, image, mask, findings, cfg, generator=generator, base=base)
 
     def settings(self, profile: InpaintingConfig) -> InpaintingConfig:
-        return self.model.cfg
+        own = self.model.cfg
+        return profile.model_copy(update={k: getattr(own, k) for k in ARCHITECTURE_KEYS})
 
 
 @dataclass

@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["git_commit", "resolve_uri", "local_checkpoint", "ARTIFACT_URI_SCHEMES", "configure", "start_run", "log_config", "ui_command", "metrics_to_mlflow"]
+__all__ = ["git_commit", "resolve_uri", "local_checkpoint", "ARTIFACT_URI_SCHEMES", "configure", "start_run", "log_config", "ui_command",
+           "metrics_to_mlflow", "MetricLog"]
 
 
 
@@ -187,3 +188,62 @@ def metrics_to_mlflow(metrics: dict[str, Any], step: int | None = None) -> None:
     }
     if clean:
         mlflow.log_metrics(clean, step=step)
+
+
+class MetricLog:
+    """One run's metrics and files, batched, from any process (a Ray Train worker too).
+
+    ``add(values, step)`` queues the finite numbers of a dict (None and NaN are skipped: a
+    missing value is not a zero) and sends them in one ``log_batch`` call every ``every``
+    values and on ``flush()``; ``artifact(path)`` uploads a file. With ``run_id`` None
+    (tracking off) every call does nothing. A tracking failure is logged as a warning and
+    never raised: tracking must never kill training.
+    """
+
+    def __init__(self, run_id: str | None, tracking_uri: str | None = None, every: int = 100, what: str = "metrics") -> None:
+        self.run_id = run_id
+        self.every = max(1, int(every))
+        self.what = what
+        self._pending: list[Any] = []
+        self._client = None
+        if run_id is not None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=resolve_uri(tracking_uri) if tracking_uri else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    def add(self, values: dict[str, Any], step: int) -> None:
+        if self._client is None:
+            return
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(
+            Metric(k.replace(" ", "_"), float(v), now, int(step)) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        )
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if self._client is None or not pending:
+            return
+        try:
+            self._client.log_batch(self.run_id, metrics=pending)
+        except Exception as exc:  # tracking must never kill training
+            log.warning("could not log %s to MLflow: %s", self.what, exc)
+
+    def artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self._client is None:
+            return
+        try:
+            self._client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+        except Exception as exc:
+            log.warning("could not log %s to MLflow: %s", path, exc)

@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from augment.config import ConfigError, PhantomConfig, RunConfig, load_config
+from augment.config import PhantomConfig, RunConfig
 from augment.data import DataError, NIHIndex, load_index, prepare_data
 from augment.data.io import atomic_write_bytes
+from jobs.cli import JobInputError, job_parser, load_job_config, run
 
 log = logging.getLogger("cxr.longtail")
 
@@ -285,9 +286,7 @@ def _pools(items: list[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.longtail", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/longtail.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = job_parser("python -m jobs.longtail", __doc__, "longtail.seeds=1", config_default="configs/longtail.yaml", tracking=False)
     p.add_argument("--pool", action="append", default=[], metavar="ARM=DIR",
                    help=f"a synthetic pool (jobs.augment output) for one of {list(POOL_ARMS)}")
     p.add_argument("--out", help="where the cells and the report go (default <output_dir>/longtail/<key>)")
@@ -297,13 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_job_config(args)
     try:
-        cfg = load_config(args.config, args.overrides)
         report = run_longtail(cfg, _pools(args.pool), args.out)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        raise JobInputError(f"error: {exc}") from None
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(Path(args.report), json.dumps(report, indent=1, default=str).encode())

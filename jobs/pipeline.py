@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from augment.augmentation.pool import PoolError
-from augment.config import ConfigError, RunConfig, check_paths, load_config
+from augment.config import ConfigError, RunConfig, check_paths
 from augment.data import DataError, NIHIndex, Split, data_root, prepare_data
 from augment.data.io import read_image
 from augment.findings import LABELS
+from jobs.cli import JobInputError, job_parser, load_job_config, run
 from jobs.stages import StageResult, run_stage, stage_key
 
 log = logging.getLogger("cxr.pipeline")
@@ -263,28 +262,17 @@ def _augment_stage(
     return run_stage(cfg.output_dir, "augment", key, work)
 
 
-def evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, test: NIHIndex) -> tuple[np.ndarray, np.ndarray, float]:
-    """(labels, probabilities, mean BCE loss) of a checkpoint on the test split."""
-    import torch
-
-    from augment.classifier import load_classifier
-    from augment.classifier.train import evaluate
-    from augment.data.dataset import NIHImageDataset
-
-    model = load_classifier(checkpoint)
-    loader = torch.utils.data.DataLoader(NIHImageDataset(test, cfg.classifier.image_size), batch_size=32)
-    res = evaluate(model, loader, torch.nn.BCEWithLogitsLoss(), torch.device("cpu"))
-    return res.y_true, res.y_prob, res.loss
-
-
 def _compare_stage(cfg: RunConfig, base: StageResult, aug: StageResult, test: NIHIndex, val: NIHIndex,
                    parent_run_id: str) -> StageResult:
     """Both classifiers on the test split: AUC differences with a patient-level paired bootstrap,
     accuracy at each model's Youden threshold chosen on the validation split."""
     import mlflow
 
+    from dataclasses import astuple
+
     from augment import tracking
     from augment.classifier.metrics import classification_metrics, youden_thresholds
+    from augment.classifier.score import score_checkpoint
     from augment.evaluation.compare import compare_auc, comparison_figure
     from augment.evaluation.plots import save_figure
 
@@ -293,10 +281,9 @@ def _compare_stage(cfg: RunConfig, base: StageResult, aug: StageResult, test: NI
 
     def work(out: Path) -> dict[str, Any]:
         ckpt_b, ckpt_a = base.path / base.result["checkpoint"], aug.path / aug.result["checkpoint"]
-        y, pb, lb = evaluate_checkpoint(cfg, ckpt_b, test)
-        _, pa, la = evaluate_checkpoint(cfg, ckpt_a, test)
-        yv, pvb, _ = evaluate_checkpoint(cfg, ckpt_b, val)
-        _, pva, _ = evaluate_checkpoint(cfg, ckpt_a, val)
+        size = cfg.classifier.image_size
+        (y, pb, lb), (_, pa, la) = (astuple(score_checkpoint(c, test, size)) for c in (ckpt_b, ckpt_a))
+        (yv, pvb, _), (_, pva, _) = (astuple(score_checkpoint(c, val, size)) for c in (ckpt_b, ckpt_a))
         patients = [r.patient_id for r in test.records]  # the loader keeps the index's order
         rows = compare_auc(y, pb, pa, seed=cfg.seed, groups=patients)
         mb = classification_metrics(y, pb, loss=lb, thresholds=youden_thresholds(yv, pvb))
@@ -466,11 +453,7 @@ def run_pipeline(cfg: RunConfig, until: str | None = None) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/local.yaml", help="run profile (configs/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set classifier.epochs=2 (repeatable)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: tracking.uri of the profile)")
+    p = job_parser("python -m jobs.pipeline", __doc__, "classifier.epochs=2", config_default="configs/local.yaml", parent=False)
     p.add_argument("--until", choices=["augment"],
                    help="stop once the synthetic pool is made (no retraining, no comparison)")
     return p
@@ -478,14 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    return run(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_job_config(args)
     try:
-        cfg = load_config(args.config, overrides)
         results = run_pipeline(cfg, until=args.until)
     except (ConfigError, DataError, PoolError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise JobInputError(f"error: {exc}") from None
     from augment.tracking import ui_command
 
     print(f"\nPipeline finished in {results['seconds']} s; MLflow parent run {results['mlflow_run_id']}.")

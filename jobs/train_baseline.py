@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -151,17 +150,7 @@ def train_baseline(
         run_id = run.info.run_id if run is not None else None
         if run is not None:
             mlflow.log_params({"generator": kind})
-        pending: list[Any] = []
-
-        def flush() -> None:
-            if run is None or not pending:
-                pending.clear()
-                return
-            try:
-                mlflow.MlflowClient().log_batch(run_id, metrics=list(pending))
-            except Exception as exc:  # tracking must never kill training
-                log.warning("could not log baseline losses to MLflow: %s", exc)
-            pending.clear()
+        metric_log = tracking.MetricLog(run_id, cfg.tracking.uri, every=100, what="baseline losses")
 
         def grids(model: Any, step: int) -> None:
             for name, fig in (
@@ -173,14 +162,9 @@ def train_baseline(
                     mlflow.log_artifact(str(path), artifact_path="samples")
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            pending.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
-            if len(pending) >= 100:
-                flush()
+            metric_log.add(metrics, step)
             if step % bcfg.sample_every == 0 and step < bcfg.train_steps:
-                flush()
+                metric_log.flush()
                 grids(model, step)
 
         with torch.random.fork_rng(devices=[]):  # the same initial weights as fit_baseline's own
@@ -188,7 +172,7 @@ def train_baseline(
             model = build_baseline(kind, bcfg, icfg.crop_size, icfg.context)
         fit = fit_baseline(kind, data, bcfg, bcfg.train_steps, on_step, inpainting=icfg, model=model,
                            device=device, progress=True)
-        flush()
+        metric_log.flush()
         model = fit.model.eval()
         ckpt = save_baseline(out / CHECKPOINT_NAME, model, extra={"step": bcfg.train_steps, "data": data.summary()})
         history = {k: list(v) for k, v in fit.history.items()}

@@ -35,8 +35,9 @@ from augment.checkpoint import read_checkpoint
 from augment.classifier.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from augment.classifier.metrics import ClassifierMetrics, FindingMetrics
 from augment.classifier.train import EpochRecord, fit, make_loader, make_loss
-from augment.config import ConfigError, RunConfig, load_config
+from augment.config import RunConfig
 from augment.data.nih import NIHIndex
+from jobs.cli import job_parser, job_split, load_job_config, run
 
 log = logging.getLogger("cxr.train_classifier")
 
@@ -82,15 +83,11 @@ def _metrics_from_dict(d: dict[str, Any]) -> ClassifierMetrics:
 
 
 def _mlflow_epoch_logger(tracking_uri: str | None, run_id: str | None):
-    if not (tracking_uri and run_id):
-        return lambda rec: None
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
+    from augment.tracking import MetricLog
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    metric_log = MetricLog(run_id if tracking_uri else None, tracking_uri, what="classifier epochs")
 
     def log_epoch(rec: EpochRecord) -> None:
-        now = int(time.time() * 1000)
         values = {
             "train_loss": rec.train_loss,
             "val_loss": rec.val_loss,
@@ -100,11 +97,8 @@ def _mlflow_epoch_logger(tracking_uri: str | None, run_id: str | None):
             "epoch_seconds": rec.seconds,
             "train_images_per_s": rec.train_images_per_s,
         }
-        metrics = [Metric(k, float(v), now, rec.epoch) for k, v in values.items() if v is not None]
-        try:
-            client.log_batch(run_id, metrics=metrics)
-        except Exception as exc:  # tracking must never kill training
-            log.warning("could not log epoch %d to MLflow: %s", rec.epoch, exc)
+        metric_log.add(values, rec.epoch)
+        metric_log.flush()  # an epoch's values at once: the run shows progress epoch by epoch
 
     return log_epoch
 
@@ -324,28 +318,15 @@ def train_classifier(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train_classifier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="run profile (configs/*.yaml); default: built-in defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set classifier.epochs=2 (repeatable)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri)")
-    parser.add_argument("--parent-run-id", default=None, help="make the MLflow run a child of this run")
+    parser = job_parser("python -m jobs.train_classifier", __doc__, "classifier.epochs=2")
     parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/classifier)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    from augment.data import DataError, prepare_data
+    return run(lambda: _main(args))
 
-    try:
-        _, split = prepare_data(cfg)
-    except (DataError, ValueError) as exc:
-        print(f"data: {exc}", file=sys.stderr)
-        return 2
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_job_config(args)
+    split = job_split(cfg)
     out = Path(args.out) if args.out else Path(cfg.output_dir) / "classifier"
     trained = train_classifier(cfg, split.train, split.val, out, args.parent_run_id)
     summary = {

@@ -31,9 +31,10 @@ from typing import Any
 
 import torch
 
-from augment.config import ConfigError, InpaintingConfig, RunConfig, load_config
+from augment.config import InpaintingConfig, RunConfig
 from augment.data.io import atomic_torch_save
 from augment.data.nih import NIHIndex
+from jobs.cli import job_parser, job_split, load_job_config, run
 from jobs.generator_run import CHECKPOINT_NAME, TrainedGenerator, default_mask_fn, sample_grid
 
 log = logging.getLogger("cxr.train_generator")
@@ -41,13 +42,13 @@ log = logging.getLogger("cxr.train_generator")
 __all__ = ["TrainedGenerator", "train_generator", "train_loop_per_worker", "default_mask_fn", "sample_grid", "main"]
 
 STATE_NAME = "generator_state.pt"
-# Settings that shape the network: a saved state is only resumed when they match.
-_ARCH_KEYS = ("crop_size", "block_out_channels", "layers_per_block", "mid_attention", "label_planes")
 
 
 def _arch(icfg: InpaintingConfig) -> dict[str, Any]:
     d = icfg.model_dump(mode="json")
-    return {k: d[k] for k in _ARCH_KEYS}
+    from augment.inpainting.model import ARCHITECTURE_KEYS  # the settings that shape the network
+
+    return {k: d[k] for k in ARCHITECTURE_KEYS}
 
 
 def _load_state(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -110,22 +111,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("resuming generator training at step %d of %d", start, icfg.train_steps)
     ddp = ray.train.torch.prepare_model(model, move_to_device=device) if world > 1 else model
 
-    client = None
-    if rank == 0 and config.get("tracking_uri") and config.get("run_id"):
-        from mlflow import MlflowClient
+    from augment.tracking import MetricLog
 
-        client = MlflowClient(tracking_uri=config["tracking_uri"])
-    pending: list[Any] = []
-
-    def flush() -> None:
-        if client is None or not pending:
-            pending.clear()
-            return
-        try:
-            client.log_batch(config["run_id"], metrics=list(pending))
-        except Exception as exc:  # tracking must never kill training
-            log.warning("could not log generator losses to MLflow: %s", exc)
-        pending.clear()
+    tracked = rank == 0 and config.get("tracking_uri") and config.get("run_id")
+    metric_log = MetricLog(config["run_id"] if tracked else None, config.get("tracking_uri"), every=25, what="generator losses")
 
     def snapshot(step: int) -> dict[str, Any]:
         gens = [gen.get_state()]
@@ -144,25 +133,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         path = out / "samples" / f"step_{step:06d}.png"
         save_figure(sample_grid(ema_copy(model, ema), data, icfg, title=f"step {step}"), path)
-        if client is not None:
-            try:
-                client.log_artifact(config["run_id"], str(path), artifact_path="samples")
-            except Exception as exc:
-                log.warning("could not log sample grid to MLflow: %s", exc)
+        metric_log.artifact(path, artifact_path="samples")
 
     fail_after = config.get("fail_after_step")
     marker = out / ".injected-failure"
     total = icfg.train_steps
 
     def on_step(step: int, loss: float) -> None:
-        from mlflow.entities import Metric
-
         losses.append(loss)
-        pending.append(Metric("loss", float(loss), int(time.time() * 1000), step))
-        if len(pending) >= 25:
-            flush()
+        metric_log.add({"loss": loss}, step)
         if step % icfg.sample_every == 0 and step < total:
-            flush()
+            metric_log.flush()
             metrics = {"step": step, "loss": loss}
             if rank == 0:
                 state = snapshot(step)
@@ -179,7 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     fit_generator(ddp, data, icfg, steps=max(total - start, 0), generator=gen, optimizer=optimizer, ema=ema,
                   start_step=start, callback=on_step, progress=rank == 0)
-    flush()
+    metric_log.flush()
     final = {"step": max(total, start), "final": 1, "resumed_from_step": -1 if state is None else start}
     if rank == 0:
         st = snapshot(max(total, start))
@@ -328,31 +309,18 @@ def train_generator(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train_generator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="run profile (configs/*.yaml); default: built-in defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set inpainting.train_steps=20 (repeatable)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri)")
-    parser.add_argument("--parent-run-id", default=None, help="make the MLflow run a child of this run")
+    parser = job_parser("python -m jobs.train_generator", __doc__, "inpainting.train_steps=20")
     parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/generator, baselines <output_dir>/generator-<kind>)")
     parser.add_argument("--generator", default="flow", choices=("flow", "lsgan", "vae", "gmvae"),
                         help="flow: the flow-matching inpainter under Ray Train (default); lsgan, vae, gmvae: a baseline "
                              "(settings under baseline.*), trained in-process by jobs.train_baseline")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    from augment.data import DataError, prepare_data
+    return run(lambda: _main(args))
 
-    try:
-        _, split = prepare_data(cfg)
-    except (DataError, ValueError) as exc:
-        print(f"data: {exc}", file=sys.stderr)
-        return 2
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_job_config(args)
+    split = job_split(cfg)
     if args.generator != "flow":
         from jobs.train_baseline import baseline_out_dir, train_baseline
 

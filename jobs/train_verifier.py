@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from augment.config import ConfigError, RunConfig, load_config
+from augment.config import RunConfig
 from augment.data.nih import NIHIndex
+from jobs.cli import job_parser, job_split, load_job_config, run
 
 log = logging.getLogger("cxr.train_verifier")
 
@@ -234,26 +235,20 @@ def train_verifier(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.train_verifier", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="run profile (configs/*.yaml); default: built-in defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set verifier.epochs=10 (repeatable)")
+    parser = job_parser("python -m jobs.train_verifier", __doc__, "verifier.epochs=10")
     parser.add_argument("--classifier", default=None, help="classifier checkpoint (needed with attention.source gradcam)")
     parser.add_argument("--generator", default=None,
                         help="flow generator that paints the 'generator' hard negatives (default <output_dir>/generator/generator.pt)")
-    parser.add_argument("--parent-run-id", default=None, help="make the MLflow run a child of this run")
     parser.add_argument("--out", default=None, help="output folder (default: <output_dir>/verifier)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    from augment.data import DataError, prepare_data
+    return run(lambda: _main(args))
 
+
+def _main(args: argparse.Namespace) -> int:
+    from augment.data import DataError
+    cfg = load_job_config(args)
+    split = job_split(cfg)
     try:
-        _, split = prepare_data(cfg)
         out = Path(args.out) if args.out else Path(cfg.output_dir) / "verifier"
         gen = args.generator or str(Path(cfg.output_dir) / "generator" / "generator.pt")  # a missing one: ValueError
         trained = train_verifier(cfg, split.train, split.val, out, args.parent_run_id, args.classifier,

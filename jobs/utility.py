@@ -33,12 +33,14 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
-from augment.config import ConfigError, RunConfig, load_config
+from augment.config import RunConfig
 from augment.data import DataError, NIHIndex, prepare_data
 from augment.data.io import atomic_write_bytes
+from jobs.cli import JobInputError, job_parser, load_job_config, run
 
 log = logging.getLogger("cxr.utility")
 
@@ -88,13 +90,13 @@ def train_and_score(
     """
     from augment.classifier.metrics import classification_metrics
     from augment.evaluation.utility import seed_values
-    from jobs.pipeline import evaluate_checkpoint
+    from augment.classifier.score import score_checkpoint
     from jobs.train_classifier import train_classifier
 
     t0 = time.perf_counter()
     res = train_classifier(cfg, train, val, out, parent_run_id)
     shutil.rmtree(out / "ray", ignore_errors=True)
-    y, p, loss = evaluate_checkpoint(cfg, res.checkpoint_path, test)
+    y, p, loss = astuple(score_checkpoint(res.checkpoint_path, test, cfg.classifier.image_size))
     metrics = classification_metrics(y, p, loss=loss)
     scores = {
         "arm": arm,
@@ -242,26 +244,23 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m jobs.utility", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="configs/local.yaml", help="run profile (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. --set utility.seeds=3 (repeatable)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides tracking.uri)")
+    p = job_parser("python -m jobs.utility", __doc__, "utility.seeds=3", config_default="configs/local.yaml", parent=False)
     p.add_argument("--pool", default=None, help="a jobs.augment pool folder; default the newest pipeline run's")
     p.add_argument("--out", default=None, help="output folder; default <output_dir>/utility/<key>")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    return run(lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_job_config(args)
     try:
-        overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
-        cfg = load_config(args.config, overrides)
         report = run_utility(cfg, args.pool, args.out)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        raise JobInputError(f"error: {exc}") from None
     print_report(report)
     print(f"\nwrote {report['out_dir']}/utility.json")
     return 0

@@ -87,12 +87,51 @@ def test_every_model_loader_refuses_a_crafted_checkpoint(name: str, crafted: tup
 
 def test_baseline_kind_goes_through_the_safe_generator_loader(tmp_path: Path) -> None:
     from augment.inpainting.model import load_generator
+    from augment.painter import load_painter
+    from augment.quality.verifier import load_verifier
 
     marker = tmp_path / "pwned"
     path = _crafted(tmp_path / "g.pt", marker, kind="lsgan")
-    with pytest.raises(ValueError, match="refused without running"):
-        load_generator(path)
+    for load in (load_generator, load_painter, load_verifier):
+        with pytest.raises(ValueError, match="refused without running"):
+            load(path)
     assert not marker.exists()
+
+
+def test_one_format_check_for_every_kind() -> None:
+    from augment.checkpoint import check_format
+    from augment.findings import FINDINGS
+
+    ok = {"kind": "classifier", "version": 2, "findings": list(FINDINGS)}
+    assert check_format(ok, "c.pt", "classifier", 2, "retrain", FINDINGS) is ok
+    assert check_format({"version": 2}, "old.pt", "flow", 2, "retrain")  # files from before the kind key
+    with pytest.raises(CheckpointError, match="'verifier' checkpoint, not a classifier"):
+        check_format({**ok, "kind": "verifier"}, "c.pt", "classifier", 2, "retrain")
+    with pytest.raises(CheckpointError, match="format 3, newer than this code's 2; upgrade cxr-augment"):
+        check_format({**ok, "version": 3}, "c.pt", "classifier", 2, "retrain")
+    with pytest.raises(CheckpointError, match="format 1, older than this code's 2; retrain with x"):
+        check_format({**ok, "version": 1}, "c.pt", "classifier", 2, "retrain with x")
+    with pytest.raises(CheckpointError, match="other finding names"):
+        check_format({**ok, "findings": ["Mass"]}, "c.pt", "classifier", 2, "retrain", FINDINGS)
+
+
+def test_every_model_writes_its_kind(tmp_path: Path) -> None:
+    from augment.baselines.registry import build_baseline, save_baseline
+    from augment.classifier.checkpoint import save_checkpoint as save_classifier
+    from augment.classifier.model import build_classifier
+    from augment.config import BaselineConfig, ClassifierConfig, InpaintingConfig
+    from augment.inpainting.model import build_model, save_checkpoint
+
+    icfg = InpaintingConfig(crop_size=16, block_out_channels=[8, 16], layers_per_block=1, mid_attention=False)
+    ccfg = ClassifierConfig(arch="efficientnet-b0", pretrained="none", image_size=32)
+    written = {
+        "flow": save_checkpoint(tmp_path / "f.pt", build_model(icfg), icfg),
+        "classifier": save_classifier(tmp_path / "c.pt", build_classifier(ccfg, load_pretrained=False), ccfg),
+        "vae": save_baseline(tmp_path / "v.pt", build_baseline("vae", BaselineConfig(latent_dim=4, base_channels=4), 16)),
+    }
+    for kind, path in written.items():
+        payload = read_checkpoint(path, "checkpoint")
+        assert payload["kind"] == kind and {"state_dict", "config", "version", "findings"} <= payload.keys()
 
 
 @pytest.mark.parametrize("module", ["jobs.train_generator", "jobs.train_classifier"])

@@ -44,3 +44,31 @@ def test_failed_stage_is_marked_failed(tmp_path, monkeypatch):
 def test_git_commit_env_override(monkeypatch):
     monkeypatch.setenv("CXR_GIT_COMMIT", "deadbeef")
     assert git_commit() == "deadbeef"
+
+
+@pytest.mark.integration
+def test_metric_log_batches_skips_missing_values_and_never_raises(tmp_path, caplog):
+    mlflow = pytest.importorskip("mlflow")
+    from augment.tracking import MetricLog
+
+    off = MetricLog(None)
+    off.add({"loss": 1.0}, 0)
+    off.flush()
+    off.artifact(tmp_path / "nothing.png")
+    assert not off.enabled
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("metric-log")).info.run_id
+    ml = MetricLog(run_id, uri, every=3)
+    ml.add({"loss": 0.5, "gap": None, "auc": float("nan")}, 1)
+    ml.add({"loss": 0.4}, 2)
+    assert client.get_metric_history(run_id, "loss") == []  # two values queued: under every=3, not sent
+    ml.add({"loss": 0.3}, 3)  # the third: one batch goes out
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 0.5), (2, 0.4), (3, 0.3)]
+    assert set(client.get_run(run_id).data.metrics) == {"loss"}  # None and NaN are not numbers
+    (tmp_path / "grid.png").write_bytes(b"png")
+    ml.artifact(tmp_path / "grid.png", artifact_path="samples")
+    assert [f.path for f in client.list_artifacts(run_id, "samples")] == ["samples/grid.png"]
+    gone = MetricLog("0" * 32, uri, every=1)  # a run that does not exist: a warning, training goes on
+    gone.add({"loss": 1.0}, 0)
+    assert "could not log metrics" in caplog.text

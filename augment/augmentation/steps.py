@@ -71,10 +71,6 @@ def _to_batch(items: list[PlanItem]) -> Batch:
     return {c: np.array([getattr(i, c) for i in items]) for c in PLAN_COLUMNS}
 
 
-def _generator(seed: int, salt: int) -> torch.Generator:
-    return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt) % (2**63 - 1))
-
-
 class RegisterStep:
     """Read each healthy source, pick a reference showing the finding, carry its region over.
 
@@ -85,18 +81,14 @@ class RegisterStep:
     """
 
     def __init__(self, cfg: RunConfig, index: NIHIndex, bank: ReferenceBank) -> None:
-        from augment.registration import choose_references, transfer_region
-        from augment.registration.lesion import carry_lesion
-
         self.cfg = cfg
         self.index = index
         self.bank = bank
-        self._choose = choose_references
-        self._transfer = transfer_region
-        self._carry = carry_lesion
         self.size = cfg.data.image_size
 
     def __call__(self, batch: Batch) -> Batch:
+        from augment.augmentation.chain import carry, pick_reference
+
         n = len(batch["item_id"])
         s = self.size
         image = np.zeros((n, s, s), np.float32)
@@ -113,33 +105,19 @@ class RegisterStep:
                 status[i] = f"unreadable_source: {exc}"
                 continue
             f = str(batch["finding"][i])
-            healthy = torch.from_numpy(image[i])[None, None]
-            choice = self._choose(
-                healthy, self.bank.images[f], self.bank.labels[f], f, self.cfg.registration,
-                generator=_generator(batch["seed"][i], 1),
-            )
-            # among the k most similar, the item's seed picks one: variety across items
-            pick = choice.indices[int(torch.randint(len(choice.indices), (1,), generator=_generator(batch["seed"][i], 2)))]
-            reference[i] = self.bank.ids[f][pick]
-            refs.append(self.bank.images[f][pick])
-            maps.append(self.bank.maps[f][pick])
+            pick = pick_reference(torch.from_numpy(image[i])[None, None], self.bank, f, self.cfg, int(batch["seed"][i]))
+            reference[i] = pick.image_id
+            refs.append(self.bank.images[f][pick.index])
+            maps.append(self.bank.maps[f][pick.index])
             rows.append(i)
         base = image.copy()
         if rows:
-            healthy = torch.from_numpy(image[rows])[:, None]
-            att = self.cfg.attention
-            refs_t, maps_t = torch.stack(refs), torch.stack(maps)
-            tr = self._transfer(healthy, refs_t, maps_t, self.cfg.registration,
-                                min_area=att.min_area, max_area=att.max_area)
-            m = tr.mask[:, 0].cpu().numpy()
-            if self.cfg.inpainting.coupling == "lesion":
-                carried = self._carry(healthy, refs_t, maps_t, tr, self.cfg.registration.mask_threshold,
-                                      self.cfg.inpainting.region_margin)
-                m = carried.region[:, 0].cpu().numpy()
-                base[rows] = carried.base[:, 0].cpu().numpy()
+            carried = carry(torch.from_numpy(image[rows])[:, None], torch.stack(refs), torch.stack(maps), self.cfg)
+            m = carried.mask[:, 0].numpy()
+            base[rows] = carried.base[:, 0].numpy()
             for j, i in enumerate(rows):
                 mask[i] = m[j]
-                ncc[i] = float(tr.registration.ncc_after[j])
+                ncc[i] = float(carried.registration.ncc_after[j])
                 if not m[j].any():
                     status[i] = "empty_mask"
         return {**batch, "image": image, "mask": mask, "base": base, "reference": reference, "registration_ncc": ncc,
@@ -157,7 +135,7 @@ class InpaintStep:
     with ``generator_checkpoint`` :data:`PASTE`, keep the carried real lesion as it is."""
 
     def __init__(self, cfg: RunConfig, generator_checkpoint: str) -> None:
-        from augment.inpainting import findings_tensor
+        from augment.augmentation.chain import paint, paint_settings
         from augment.inpainting.model import resolve_device
         from augment.painter import load_painter
 
@@ -169,7 +147,8 @@ class InpaintStep:
             return
         self.device = resolve_device(cfg.inpainting.device)
         self.painter = load_painter(generator_checkpoint, map_location=self.device)
-        self._findings = findings_tensor
+        self.settings = paint_settings(self.painter, cfg.inpainting)
+        self._paint = paint
 
     def __call__(self, batch: Batch) -> Batch:
         n = len(batch["item_id"])
@@ -180,10 +159,9 @@ class InpaintStep:
         elif ok:
             img = torch.from_numpy(batch["image"][ok])[:, None]
             msk = torch.from_numpy(batch["mask"][ok].astype(bool))[:, None]
-            gens = [_generator(batch["seed"][i], 3) for i in ok]
             base = torch.from_numpy(batch["base"][ok])[:, None] if "base" in batch else None
-            res = self.painter.paint(img, msk, self._findings([str(batch["finding"][i]) for i in ok]),
-                                     self.cfg.inpainting, generator=gens, base=base)
+            res = self._paint(self.painter, img, msk, [str(batch["finding"][i]) for i in ok], self.settings,
+                              [int(batch["seed"][i]) for i in ok], base=base)
             synthetic[ok] = res.images[:, 0].cpu().numpy()
         return {**batch, "synthetic": synthetic}
 

@@ -16,7 +16,7 @@ import torch
 from augment.baselines.base import BASELINE_CHECKPOINT_VERSION, BASELINE_KINDS, BaselineGenerator
 from augment.baselines.lsgan import LSGAN
 from augment.baselines.vae import GMVAE, ConditionalVAE
-from augment.checkpoint import read_checkpoint, weights_of
+from augment.checkpoint import check_format, read_checkpoint, weights_of
 from augment.config import BaselineConfig
 from augment.data.io import atomic_torch_save
 from augment.findings import FINDINGS
@@ -65,13 +65,8 @@ def baseline_from_payload(payload: dict[str, Any], source: str | os.PathLike = "
     kind = payload["kind"]
     if kind not in BASELINE_KINDS:
         raise ValueError(f"{source} has kind {kind!r}; baseline kinds are {list(BASELINE_KINDS)}")
-    if payload["version"] != BASELINE_CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{source} has baseline checkpoint version {payload['version']}, this code reads "
-            f"{BASELINE_CHECKPOINT_VERSION}; retrain with python -m jobs.train_generator --generator {kind}"
-        )
-    if list(payload.get("findings", FINDINGS)) != list(FINDINGS):
-        raise ValueError(f"{source} was trained on other finding names {payload.get('findings')}")
+    check_format(payload, source, kind, BASELINE_CHECKPOINT_VERSION,
+                 f"retrain with python -m jobs.train_generator --generator {kind}", FINDINGS)
     c = payload["config"]
     model = build_baseline(kind, BaselineConfig.model_validate(c["baseline"]), int(c["crop_size"]), float(c.get("context", 0.5)))
     model.load_state_dict({k: v.cpu() for k, v in payload["state_dict"].items()})

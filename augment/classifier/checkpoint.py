@@ -1,4 +1,4 @@
-"""Classifier checkpoints: ``{state_dict, config, version}`` on disk and in MLflow.
+"""Classifier checkpoints: ``{kind, state_dict, config, version, findings}`` on disk and in MLflow.
 
 A checkpoint is a ``torch.save`` file holding the weights, the :class:`ClassifierConfig`
 that rebuilds the network, and the format version (plus the finding names and the
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from augment import __version__
-from augment.checkpoint import CheckpointError, read_checkpoint, unwrap, weights_of
+from augment.checkpoint import CheckpointError, check_format, read_checkpoint, unwrap, weights_of
 from augment.classifier.model import Classifier, build_classifier
 from augment.data.io import atomic_torch_save
 from augment.config import ClassifierConfig
@@ -42,6 +42,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: ClassifierCo
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     payload = {
+        "kind": "classifier",
         "state_dict": weights_of(model),
         "config": cfg.model_dump(mode="json"),
         "version": CHECKPOINT_VERSION,
@@ -57,13 +58,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     p = Path(path)
     ckpt = read_checkpoint(p, "classifier checkpoint", map_location=map_location,
                            hint="train one with `python -m jobs.train_classifier`")
-    if int(ckpt["version"]) > CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{p}: checkpoint format {ckpt['version']} is newer than this code's {CHECKPOINT_VERSION}; upgrade cxr-augment"
-        )
-    findings = ckpt.get("findings", list(FINDINGS))
-    if list(findings) != list(FINDINGS):
-        raise CheckpointError(f"{p}: the checkpoint predicts {findings}, this code expects {list(FINDINGS)}")
+    check_format(ckpt, p, "classifier", CHECKPOINT_VERSION, "retrain with `python -m jobs.train_classifier`", FINDINGS)
     ckpt = dict(ckpt)
     ckpt["config"] = ClassifierConfig.model_validate(ckpt["config"])
     return ckpt

@@ -1,11 +1,14 @@
-"""Generation of one synthetic radiograph, shared by the batch jobs and the Serve service.
+"""Generation for the Serve service: requests in, synthetic radiographs and verdicts out.
 
-* :mod:`~augment.generation.bundle`: load the classifier, the inpainting network and the
-  diseased references (checkpoint paths or MLflow URIs) -> :class:`ModelBundle`;
-* :mod:`~augment.generation.generate`: reference choice, Demons transfer, inpainting,
-  classifier probabilities and the gate for a batch of requests -> :class:`GenerationResult`;
-* :mod:`~augment.generation.direct`: inpaint a given mask, register a given pair;
-* :mod:`~augment.generation.seeded`: batched inpainting with one seed per image.
+The method itself (reference, transfer, painting, one seeding rule) is the batch job's chain,
+:mod:`augment.augmentation.chain`; this package adds what a request needs around it:
+
+* :mod:`~augment.generation.bundle`: load the classifier, the generator (any kind, as an
+  :class:`~augment.painter.Painter`), the verifier and the diseased references (checkpoint
+  paths or MLflow URIs) -> :class:`ModelBundle`;
+* :mod:`~augment.generation.generate`: a batch of requests through the chain, classifier
+  probabilities and the gate -> :class:`GenerationResult`;
+* :mod:`~augment.generation.direct`: inpaint a given mask, register a given pair.
 
 Images are (B, 1, H, W) float32 in [0, 1]. Nothing here imports Ray.
 """
@@ -23,7 +26,6 @@ from augment.generation.generate import (
     probabilities,
     sampling_config,
 )
-from augment.generation.seeded import inpaint_seeded, seed_generator
 
 __all__ = [
     "ModelBundle",
@@ -46,6 +48,4 @@ __all__ = [
     "generate_batch",
     "probabilities",
     "sampling_config",
-    "inpaint_seeded",
-    "seed_generator",
 ]

@@ -22,8 +22,7 @@ from augment.data.io import validate_batch
 from augment.findings import FINDINGS, finding_index
 from augment.generation.bundle import ModelBundle
 from augment.generation.generate import probabilities, sampling_config
-from augment.generation.seeded import inpaint_seeded
-from augment.inpainting.sampler import findings_tensor
+from augment.augmentation.chain import paint
 from augment.registration import folded_fraction, mse, ncc, register, warp_image, warp_tensor
 
 __all__ = ["InpaintOutput", "RegisterOutput", "inpaint_image", "register_images", "upscale_field"]
@@ -115,7 +114,7 @@ def inpaint_image(
         raise ValueError(f"name at least one finding, one of {list(FINDINGS)}")
     names = tuple(dict.fromkeys(FINDINGS[finding_index(f)] for f in findings))
     icfg = sampling_config(bundle, cfg, steps, guidance)
-    res = inpaint_seeded(bundle.generator, image, maskb, findings_tensor([list(names)]), icfg, [seed])
+    res = paint(bundle.generator, image, maskb, [list(names)], icfg, [seed])
     out = res.images.float().cpu()
     probs = probabilities(bundle, [image, out])
     as_dict = lambda p: {f: round(float(v), 6) for f, v in zip(FINDINGS, p.tolist())}  # noqa: E731

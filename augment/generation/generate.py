@@ -1,23 +1,26 @@
-"""One generation request, start to end: reference choice, Demons transfer, inpainting, gate.
+"""One generation request, start to end, through the method's one chain
+(:mod:`augment.augmentation.chain`, the batch job's too): reference, Demons transfer,
+painting, gate.
 
 For each healthy radiograph and target finding(s):
 
-1. the healthy image is resized to the working size S (``data.image_size``) and the bank's
-   references of each finding are ranked by similarity (:func:`choose_references`);
-2. sample ``j`` takes the ``j mod k``-th best reference of each finding and carries its
-   attention map onto the healthy image (:func:`transfer_region`: Demons at S, the map
-   kept inside the body and to its strongest ``attention.max_area``); the maps of several
-   findings are merged (maximum);
-3. the merged map is brought back to the image's own size and thresholded: that mask is
-   repainted by the flow-matching inpainter at the image's resolution (crops around the
-   mask), with the findings as a multi-hot condition and the sample's own seed;
-4. the classifier scores the healthy image and each sample; a sample is accepted when the
-   quality gate agrees (every target finding's probability rises by ``quality.margin`` and
-   nothing outside the mask changed).
+1. the healthy image is resized to the working size S (``data.image_size``); sample ``j``
+   is the chain's item with seed ``request.seed + j``: for each finding it ranks the bank's
+   references by similarity and its seed picks one of the ``k`` best
+   (:func:`~augment.augmentation.chain.pick_reference`);
+2. each reference's region (and, under the lesion coupling, its lesion) is carried onto the
+   healthy image (:func:`~augment.augmentation.chain.carry`: Demons at S, the region kept
+   inside the body); the regions of several findings are merged;
+3. the merged region is brought back to the image's own size: it is repainted at the
+   image's resolution (crops around the mask) with the findings as a multi-hot condition
+   and the sample's own seed (:func:`~augment.augmentation.chain.paint`);
+4. the classifier scores the healthy image and each sample; the quality gate
+   (:func:`~augment.quality.evaluate_gate`, the batch job's) judges each sample.
 
-:func:`generate_batch` runs many requests as one batch (registration, inpainting and the
+:func:`generate_batch` runs many requests as one batch (registration, painting and the
 classifier each run once per batch); each sample's result depends only on its own request
-and seed, not on the batch it landed in.
+and seed, not on the batch it landed in. A one-finding request at the working size gives,
+for the same source and seed, the batch job's image.
 """
 
 from __future__ import annotations
@@ -35,11 +38,9 @@ from augment.data.io import resize, validate_batch
 from augment.errors import NoContrastError, UnknownFindingError
 from augment.findings import FINDINGS, finding_index
 from augment.generation.bundle import ModelBundle
-from augment.generation.seeded import inpaint_seeded, seed_generator
+from augment.augmentation.chain import ReferencePick, carry, paint, paint_settings, pick_reference
 from augment.inpainting.sampler import findings_tensor
 from augment.quality import GateDecision, evaluate_gate
-from augment.registration import choose_references, transfer_region
-from augment.registration.lesion import carry_lesion
 
 __all__ = [
     "GenerationRequest",
@@ -85,7 +86,8 @@ class ReferenceUsed:
         rank: its rank among the references of that finding (0 = most similar).
         similarity: its similarity score to the healthy image (NCC after pre-alignment).
         mse_before, mse_after, ncc_before, ncc_after: registration quality at the working size.
-        region_fraction: share of the image its carried region covers.
+        region_fraction: share of the image its carried region (the region painted) covers: the
+            transferred region, or under the lesion coupling the moved lesion with its margin.
     """
 
     finding: str
@@ -146,19 +148,9 @@ class GenerationResult:
 
 
 def sampling_config(bundle: ModelBundle, cfg: RunConfig, steps: int | None = None, guidance: float | None = None) -> InpaintingConfig:
-    """The generator's own architecture settings with the profile's (or the request's) sampling settings."""
-    base = bundle.generator.settings(cfg.inpainting)
-    s = cfg.inpainting
-    return base.model_copy(
-        update={
-            "steps": int(steps if steps is not None else s.steps),
-            "guidance": float(guidance if guidance is not None else s.guidance),
-            "solver": s.solver,
-            "atol": s.atol,
-            "rtol": s.rtol,
-            "bf16": s.bf16,
-        }
-    )
+    """The profile's inpainting settings with the generator's own architecture and the request's
+    ``steps`` and ``guidance`` (:func:`augment.augmentation.chain.paint_settings`, as the batch job)."""
+    return paint_settings(bundle.generator, cfg.inpainting, steps, guidance)
 
 
 def probabilities(bundle: ModelBundle, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -235,26 +227,18 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
         return []
     size = bundle.work_size
     bank = bundle.references
-    reg_cfg = cfg.registration
     small = [torch.from_numpy(resize(r.image[0, 0].cpu().numpy(), size))[None, None] for r in reqs]
 
-    # 1. references: ranked once per (request, finding); sample j takes rank j mod k.
+    # 1. references: sample j of a request is the chain's item with seed request.seed + j, and
+    #    picks its reference for each finding as the batch job does (augment.augmentation.chain).
     pairs: dict[tuple[int, str, int], int] = {}  # (request, finding, bank index) -> pair number
-    plan: list[list[dict[str, tuple[int, int, float]]]] = []  # per request, per sample: finding -> (bank index, rank, score)
+    plan: list[list[dict[str, ReferencePick]]] = []  # per request, per sample: finding -> pick
     for ri, r in enumerate(reqs):
-        choices = {}
-        for f in r.findings:
-            choices[f] = choose_references(
-                small[ri], bank.images[f], bank.labels[f], f, reg_cfg, generator=seed_generator(r.seed)
-            )
         per_sample = []
         for j in range(r.n_samples):
-            picks = {}
-            for f, ch in choices.items():
-                rank = j % len(ch.indices)
-                idx = ch.indices[rank]
-                picks[f] = (idx, rank, float(ch.scores[rank]))
-                pairs.setdefault((ri, f, idx), len(pairs))
+            picks = {f: pick_reference(small[ri], bank, f, cfg, r.seed + j) for f in r.findings}
+            for f, pk in picks.items():
+                pairs.setdefault((ri, f, pk.index), len(pairs))
             per_sample.append(picks)
         plan.append(per_sample)
 
@@ -263,51 +247,44 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
     fixed = torch.cat([small[ri] for ri, _, _ in keys])
     moving = torch.stack([bank.images[f][idx] for _, f, idx in keys])
     ref_maps = torch.stack([bank.maps[f][idx] for _, f, idx in keys])
-    region = transfer_region(fixed, moving, ref_maps, reg_cfg, min_area=cfg.attention.min_area, max_area=cfg.attention.max_area)
-    reg = region.registration
+    carried = carry(fixed, moving, ref_maps, cfg)
+    reg = carried.registration
     lesion_coupling = cfg.inpainting.coupling == "lesion"
-    if lesion_coupling:
-        # the reference's real lesion, moved to the carried place with its own shape (as in the batch job)
-        moved = carry_lesion(fixed, moving, ref_maps, region, reg_cfg.mask_threshold, cfg.inpainting.region_margin)
-        carried = moved.region.float().cpu()
-        added = (moved.base - fixed.float()).cpu()  # (P, 1, S, S) the lesion's contrast, zero outside its region
-    else:
-        # (P, 1, S, S): the carried map inside each pair's bounded region, zero elsewhere
-        carried = (region.map * region.mask).detach().float().cpu()
+    added = carried.base - fixed.float().cpu()  # (P, 1, S, S) the carried lesion's contrast; zero without one
 
-    # 3. masks at each image's own size, then inpainting grouped by (size, steps, guidance).
+    # 3. masks at each image's own size, then painting grouped by (size, steps, guidance).
     items = []  # (request, sample, seed, mask (1,1,H,W) bool, references, base (1,1,H,W) or None)
     for ri, r in enumerate(reqs):
         h, w = r.image.shape[-2:]
+        same_size = (h, w) == (size, size)
         for j, picks in enumerate(plan[ri]):
-            maps, used = [], []
-            for f, (idx, rank, score) in picks.items():
-                p = pairs[(ri, f, idx)]
-                maps.append(carried[p : p + 1])
-                used.append(
-                    ReferenceUsed(
-                        finding=f,
-                        image_index=bank.ids[f][idx],
-                        rank=rank,
-                        similarity=round(score, 6),
-                        mse_before=round(float(reg.mse_before[p]), 6),
-                        mse_after=round(float(reg.mse_after[p]), 6),
-                        ncc_before=round(float(reg.ncc_before[p]), 6),
-                        ncc_after=round(float(reg.ncc_after[p]), 6),
-                        region_fraction=round(float(region.mask[p].float().mean()), 6),
-                    )
+            ps = [pairs[(ri, f, pk.index)] for f, pk in picks.items()]
+            used = tuple(
+                ReferenceUsed(
+                    finding=f,
+                    image_index=pk.image_id,
+                    rank=pk.rank,
+                    similarity=round(pk.score, 6),
+                    mse_before=round(float(reg.mse_before[p]), 6),
+                    mse_after=round(float(reg.mse_after[p]), 6),
+                    ncc_before=round(float(reg.ncc_before[p]), 6),
+                    ncc_after=round(float(reg.ncc_after[p]), 6),
+                    region_fraction=round(float(carried.region_fraction[p]), 6),
                 )
-            merged = torch.cat(maps).amax(dim=0, keepdim=True)
+                for (f, pk), p in zip(picks.items(), ps)
+            )
+            merged = carried.mask[ps].any(dim=0, keepdim=True)
             base = None
-            if lesion_coupling:
-                delta = torch.cat([added[pairs[(ri, f, idx)]][None] for f, (idx, _, _) in picks.items()]).sum(0, keepdim=True)
-                if (h, w) != (size, size):
+            if lesion_coupling and same_size and len(ps) == 1:
+                base = carried.base[ps[0] : ps[0] + 1]  # exactly the batch job's start image
+            elif lesion_coupling:
+                delta = added[ps].sum(0, keepdim=True)
+                if not same_size:
                     delta = F.interpolate(delta, size=(h, w), mode="bilinear", align_corners=False)
                 base = (r.image.float() + delta).clamp(0.0, 1.0)
-            if (h, w) != (size, size):
-                merged = F.interpolate(merged, size=(h, w), mode="bilinear", align_corners=False)
-            mask = merged >= reg_cfg.mask_threshold
-            items.append((ri, j, r.seed + j, mask, tuple(used), base))
+            if not same_size:
+                merged = F.interpolate(merged.float(), size=(h, w), mode="bilinear", align_corners=False) >= 0.5
+            items.append((ri, j, r.seed + j, merged, used, base))
 
     outputs: dict[tuple[int, int], torch.Tensor] = {}
     groups: dict[tuple, list[int]] = {}
@@ -319,11 +296,15 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
             outputs[(ri, j)] = reqs[ri].image
     for (_, steps, guidance), ks in groups.items():
         icfg = sampling_config(bundle, cfg, steps, guidance)
-        imgs = torch.cat([reqs[items[k][0]].image for k in ks])
-        masks = torch.cat([items[k][3] for k in ks])
-        cond = findings_tensor([list(reqs[items[k][0]].findings) for k in ks])
-        base = torch.cat([items[k][5] for k in ks]) if lesion_coupling else None
-        res = inpaint_seeded(bundle.generator, imgs, masks, cond, icfg, [items[k][2] for k in ks], base=base)
+        res = paint(
+            bundle.generator,
+            torch.cat([reqs[items[k][0]].image for k in ks]),
+            torch.cat([items[k][3] for k in ks]),
+            [list(reqs[items[k][0]].findings) for k in ks],
+            icfg,
+            [items[k][2] for k in ks],
+            base=torch.cat([items[k][5] for k in ks]) if lesion_coupling else None,
+        )
         for n, k in enumerate(ks):
             outputs[(items[k][0], items[k][1])] = res.images[n : n + 1].float().cpu()
 

@@ -32,7 +32,7 @@ import torch
 
 from torch import nn
 
-from augment.checkpoint import CheckpointError, read_checkpoint, weights_of
+from augment.checkpoint import CheckpointError, check_format, read_checkpoint, weights_of
 from augment.config import InpaintingConfig
 from augment.data.io import atomic_torch_save
 from augment.findings import FINDINGS
@@ -51,6 +51,7 @@ __all__ = [
     "make_ema",
     "ema_copy",
     "save_checkpoint",
+    "ARCHITECTURE_KEYS",
     "check_flow_payload",
     "flow_from_payload",
     "load_checkpoint",
@@ -273,6 +274,7 @@ def save_checkpoint(
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
+        "kind": "flow",
         "state_dict": weights_of(model),
         "config": cfg.model_dump(mode="json"),
         "version": CHECKPOINT_VERSION,
@@ -282,6 +284,10 @@ def save_checkpoint(
     if train_state is not None:
         payload["train_state"] = train_state
     return atomic_torch_save(payload, p)
+
+
+ARCHITECTURE_KEYS: tuple[str, ...] = ("crop_size", "block_out_channels", "layers_per_block", "mid_attention", "label_planes")
+"""The inpainting settings that shape the network: a checkpoint's own always apply to it."""
 
 
 def check_flow_payload(payload: dict[str, Any], source: str | os.PathLike = "<checkpoint>") -> dict[str, Any]:
@@ -295,13 +301,7 @@ def check_flow_payload(payload: dict[str, Any], source: str | os.PathLike = "<ch
     if kind != "flow":
         raise CheckpointError(f"{source} is a {kind!r} checkpoint, not the flow model's; load any generator with "
                               "augment.painter.load_painter")
-    if payload["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{source} has checkpoint version {payload['version']}, this code reads {CHECKPOINT_VERSION}; retrain the generator"
-        )
-    if list(payload.get("findings", FINDINGS)) != list(FINDINGS):
-        raise CheckpointError(f"{source} was trained on other finding names {payload.get('findings')}")
-    return payload
+    return check_format(payload, source, "flow", CHECKPOINT_VERSION, "retrain with python -m jobs.train_generator", FINDINGS)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.checkpoint import CheckpointError, read_checkpoint, weights_of
+from augment.checkpoint import CheckpointError, check_format, read_checkpoint, weights_of
 from augment.config import VerifierConfig
 from augment.data.io import atomic_torch_save
 
@@ -632,10 +632,7 @@ def load_verifier(path: str | os.PathLike, map_location: str | torch.device = "c
     """Load a verifier checkpoint (``weights_only``; see :func:`augment.checkpoint.read_checkpoint`)."""
     ckpt = read_checkpoint(path, "verifier checkpoint", required=("state_dict", "config", "version", "findings", "thresholds"),
                            map_location=map_location, hint="train one with `python -m jobs.train_verifier`")
-    if ckpt.get("kind", "verifier") != "verifier":
-        raise CheckpointError(f"{path} is a {ckpt.get('kind')} checkpoint, not a verifier")
-    if int(ckpt["version"]) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: verifier format {ckpt['version']} is newer than this code's {CHECKPOINT_VERSION}; upgrade cxr-augment")
+    check_format(ckpt, path, "verifier", CHECKPOINT_VERSION, "retrain with `python -m jobs.train_verifier`")
     cfg = VerifierConfig.model_validate(ckpt["config"])
     net = VerifierNet(len(ckpt["findings"]), cfg.channels)
     try:

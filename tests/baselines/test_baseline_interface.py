@@ -125,7 +125,7 @@ def test_checkpoint_round_trip_gives_identical_samples(tmp_path, kind):
 def test_bad_checkpoints_are_refused(tmp_path):
     m = _model("vae")
     payload = torch.load(save_baseline(tmp_path / "g.pt", m), weights_only=True)
-    with pytest.raises(ValueError, match="version 9"):
+    with pytest.raises(ValueError, match="format 9, newer than this code.s 1; upgrade"):
         baseline_from_payload({**payload, "version": 9})
     with pytest.raises(ValueError, match="baseline kinds"):
         baseline_from_payload({**payload, "kind": "diffusion"})
@@ -194,14 +194,15 @@ def test_the_augment_jobs_inpaint_step_runs_a_baseline_checkpoint(tmp_path):
 def test_the_services_sampling_path_takes_a_baseline(tmp_path):
     from types import SimpleNamespace
 
+    from augment.augmentation.chain import Stage, item_generator, paint
     from augment.generation.generate import sampling_config
-    from augment.generation.seeded import inpaint_seeded
 
     painter = load_painter(save_baseline(tmp_path / "generator.pt", _model("gmvae")))
     cfg = RunConfig()
     icfg = sampling_config(SimpleNamespace(generator=painter), cfg, steps=3)
     images, masks, f = _inputs()
-    res = inpaint_seeded(painter, images, masks, f, icfg, [5, 6, 7])
+    res = paint(painter, images, masks, ["Nodule", "Mass", []], icfg, [5, 6, 7])
     model = painter.model
-    assert torch.equal(res.images, model.inpaint(images, masks, f, _gens(5, 6, 7), context=cfg.inpainting.context))
+    gens = [item_generator(s, Stage.PAINT) for s in (5, 6, 7)]
+    assert torch.equal(res.images, model.inpaint(images, masks, f, gens, context=cfg.inpainting.context))
     assert torch.equal(res.images[~masks], images[~masks])

@@ -16,13 +16,12 @@ from augment.generation import (
     check_request,
     generate_batch,
     inpaint_image,
-    inpaint_seeded,
     load_bundle,
     register_images,
     resolve_checkpoint,
-    seed_generator,
     upscale_field,
 )
+from augment.augmentation.chain import Stage, item_generator, paint
 from augment.inpainting import findings_tensor, inpaint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))
@@ -64,8 +63,8 @@ def test_seeded_batch_of_one_equals_inpaint(setup):
     mask[..., 20:34, 24:40] = True
     icfg = bundle.generator.model.cfg.model_copy(update={"steps": 2, "bf16": False})
     cond = findings_tensor(["Mass"])
-    a = inpaint(bundle.generator.model, healthy, mask, cond, icfg, seed_generator(7))
-    b = inpaint_seeded(bundle.generator, healthy, mask, cond, icfg, [7])
+    a = inpaint(bundle.generator.model, healthy, mask, cond, icfg, item_generator(7, Stage.PAINT))
+    b = paint(bundle.generator, healthy, mask, ["Mass"], icfg, [7])
     assert torch.equal(a.images, b.images)
 
 
@@ -74,14 +73,13 @@ def test_seeded_batch_gives_each_image_its_own_noise(setup):
     mask = torch.zeros_like(healthy, dtype=torch.bool)
     mask[..., 20:34, 24:40] = True
     icfg = bundle.generator.model.cfg.model_copy(update={"steps": 2, "bf16": False})
-    batch = inpaint_seeded(bundle.generator, healthy.repeat(3, 1, 1, 1), mask.repeat(3, 1, 1, 1),
-                           findings_tensor(["Mass"] * 3), icfg, [1, 2, 1])
-    alone = inpaint_seeded(bundle.generator, healthy, mask, findings_tensor(["Mass"]), icfg, [2])
+    batch = paint(bundle.generator, healthy.repeat(3, 1, 1, 1), mask.repeat(3, 1, 1, 1), ["Mass"] * 3, icfg, [1, 2, 1])
+    alone = paint(bundle.generator, healthy, mask, ["Mass"], icfg, [2])
     assert torch.allclose(batch.images[1:2], alone.images, atol=1e-5)
     assert torch.allclose(batch.images[0], batch.images[2], atol=1e-6)
     assert not torch.allclose(batch.images[0], batch.images[1])
     with pytest.raises(ValueError, match="one seed per image"):
-        inpaint_seeded(bundle.generator, healthy, mask, findings_tensor(["Mass"]), icfg, [1, 2])
+        paint(bundle.generator, healthy, mask, ["Mass"], icfg, [1, 2])
 
 
 def test_generate_batch_equals_requests_alone_and_keeps_pixels_outside_the_mask(setup):
@@ -100,15 +98,19 @@ def test_generate_batch_equals_requests_alone_and_keeps_pixels_outside_the_mask(
             assert set(st.proba_after) == set(t.proba_before)
     assert [s.seed for s in together[0].samples] == [3, 4]
     assert [ref.finding for ref in together[1].samples[0].references] == ["Mass", "Effusion"]
-    assert together[0].samples[0].references[0].rank == 0 and together[0].samples[1].references[0].rank == 1
+    # sample j is the chain's item with seed request.seed + j: its seed picks one of the k best references
+    assert all(0 <= st.references[0].rank < cfg.registration.k_references for st in together[0].samples)
 
 
 def test_generate_holds_each_region_to_attention_max_area(setup):
+    """The transferred region is bounded (the noise coupling paints it; the lesion coupling paints
+    the reference's lesion with its own shape and size instead)."""
     cfg, bundle, healthy, *_ = setup
     req = GenerationRequest(healthy, ("Cardiomegaly",), seed=0)
 
     def with_max_area(a):
-        return cfg.model_copy(update={"attention": cfg.attention.model_copy(update={"min_area": 0.0, "max_area": a})})
+        return cfg.model_copy(update={"attention": cfg.attention.model_copy(update={"min_area": 0.0, "max_area": a}),
+                                      "inpainting": cfg.inpainting.model_copy(update={"coupling": "noise"})})
 
     (free,) = generate_batch(bundle, with_max_area(1.0), [req])
     area = free.samples[0].references[0].region_fraction
@@ -204,3 +206,30 @@ def test_serve_gate_judges_with_the_verifier_when_one_is_there(setup, tmp_path):
     assert d.judges == ("verifier",) and len(d.verifier_after) == 1 and len(d.verifier_threshold) == 1
     (res,) = generate_batch(with_verifier, cfg, [GenerationRequest(healthy, ("Effusion",), seed=0)])
     assert "unverifiable" in res.samples[0].decision.reasons  # a finding it never learned is not passed
+
+
+@pytest.mark.parametrize("coupling", ["lesion", "noise"])
+def test_the_service_and_the_batch_job_make_the_same_image(setup, coupling):
+    """One chain: a one-finding request at the working size, through the service's
+    generate_batch, is the batch job's item (RegisterStep -> InpaintStep) of the same source and seed."""
+    import numpy as np
+
+    from augment.augmentation.steps import InpaintStep, RegisterStep
+
+    cfg, bundle, _, _, root = setup
+    cfg = cfg.model_copy(update={"inpainting": cfg.inpainting.model_copy(update={"coupling": coupling})})
+    index = load_index(root / "references")
+    size = cfg.data.image_size
+    register = RegisterStep(cfg, index, bundle.references)
+    paint_step = InpaintStep(cfg, str(root / "models" / "generator.pt"))
+    for source, finding, seed in [(index.healthy()[0].image_index, "Mass", 3), (index.healthy()[1].image_index, "Nodule", 11)]:
+        image = torch.from_numpy(read_image(index.path(source), size))[None, None]
+        sample = generate_batch(bundle, cfg, [GenerationRequest(image, (finding,), seed=seed)])[0].samples[0]
+        batch = {"item_id": np.array(["a"]), "finding": np.array([finding]), "source": np.array([source]),
+                 "source_patient": np.array(["p"]), "seed": np.array([seed]), "output_name": np.array(["a.png"])}
+        out = paint_step(register(batch))
+        assert out["status"][0] == "" and bool(sample.mask.any())
+        assert out["reference"][0] == sample.references[0].image_index
+        assert np.array_equal(out["mask"][0].astype(bool), sample.mask[0, 0].numpy())
+        assert np.array_equal(out["synthetic"][0], sample.image[0, 0].numpy())
+        assert not np.array_equal(out["synthetic"][0], out["image"][0])  # something was painted

@@ -73,9 +73,12 @@ def test_checkpoint_round_trip(tmp_path, model):
 def test_checkpoint_errors_say_what_to_do(tmp_path, model):
     with pytest.raises(ValueError, match="train one"):
         load_checkpoint(tmp_path / "missing.pt")
-    torch.save({"state_dict": {}, "config": {}, "version": 99}, tmp_path / "old.pt")
-    with pytest.raises(ValueError, match="retrain"):
+    torch.save({"state_dict": {}, "config": {}, "version": 0}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="older than this code's 1; retrain with python -m jobs.train_generator"):
         load_checkpoint(tmp_path / "old.pt")
+    torch.save({"state_dict": {}, "config": {}, "version": 99}, tmp_path / "new.pt")
+    with pytest.raises(ValueError, match="newer than this code's 1; upgrade cxr-augment"):
+        load_checkpoint(tmp_path / "new.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable"):
         load_checkpoint(tmp_path / "junk.pt")
