@@ -108,7 +108,7 @@ def child(args: argparse.Namespace) -> dict:
         info = build_bank_index(index, args.index, BankIndexSpec.from_config(cfg), progress=False)
         return {"seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_mib(), "count": info.count,
                 "index_mib": info.nbytes / 2**20, "encoder_fit_s": (info.encoder or {}).get("fit_seconds")}
-    from augment.augmentation.steps import GateStep
+    from augment.synthesis.steps import GateStep
 
     bank_arg = None
     if args.child == "gate-index":

@@ -1,8 +1,8 @@
 """Benchmark: the write step's per-item cost with native-resolution paste-back (issue 19).
 
 The pool used to be written at the working resolution (``data.image_size``); now
-:class:`augment.augmentation.steps.WriteStep` reads each item's source as stored and pastes
-the painted region back into it (:func:`augment.augmentation.native.paste_native`). This
+:class:`augment.synthesis.steps.WriteStep` reads each item's source as stored and pastes
+the painted region back into it (:func:`augment.synthesis.native.paste_native`). This
 measures, per item, on batches like the job's (working size 128, the local profile):
 
 * ``working``: the old write, the working-resolution image and mask through
@@ -122,7 +122,7 @@ def make_batch(index, names: list[str], area: float, seed: int = 0) -> dict:
 
 def time_working(pool: str, batch: dict) -> float:
     """Seconds per item of the old write: the working-resolution image and mask, the record."""
-    from augment.augmentation.pool import PoolWriter, ProvenanceRow
+    from augment.synthesis.pool import PoolWriter, ProvenanceRow
 
     w = PoolWriter(pool)
     n = len(batch["item_id"])
@@ -141,8 +141,8 @@ def time_working(pool: str, batch: dict) -> float:
 
 def time_native(pool: str, index, batch: dict) -> dict[str, float]:
     """Seconds per item of WriteStep (whole), and of its parts measured apart."""
-    from augment.augmentation.native import paste_native
-    from augment.augmentation.steps import WriteStep
+    from augment.synthesis.native import paste_native
+    from augment.synthesis.steps import WriteStep
     from augment.data.io import read_raw
 
     n = len(batch["item_id"])

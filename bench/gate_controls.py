@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    from augment.augmentation.plan import plan_augmentation
-    from augment.augmentation.steps import InpaintStep, RegisterStep, items_to_batches
+    from augment.synthesis.plan import plan_augmentation
+    from augment.synthesis.steps import InpaintStep, RegisterStep, items_to_batches
     from augment.data import prepare_data
     from augment.inpainting import findings_tensor
     from augment.quality.verifier import fill, load_verifier

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from augment.augmentation.pool import PoolWriter  # noqa: E402
+from augment.synthesis.pool import PoolWriter  # noqa: E402
 from augment.data.io import read_image  # noqa: E402
 from augment.data.nih import DataError, load_index  # noqa: E402
 

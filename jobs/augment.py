@@ -42,11 +42,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from augment.augmentation.fingerprint import generator_fingerprint
-from augment.augmentation.plan import PlanItem, plan_augmentation
-from augment.augmentation.pool import PoolWriter
-from augment.augmentation.references import ReferenceBank, build_reference_bank
-from augment.augmentation.steps import PASTE, GateStep, InpaintStep, RegisterStep, WriteStep, items_to_batches, run_in_process
+from augment.synthesis.fingerprint import generator_fingerprint
+from augment.synthesis.plan import PlanItem, plan_augmentation
+from augment.synthesis.pool import PoolWriter
+from augment.synthesis.reference_bank import ReferenceBank, build_reference_bank
+from augment.synthesis.steps import PASTE, GateStep, InpaintStep, RegisterStep, WriteStep, items_to_batches, run_in_process
 from augment.config import ConfigError, RunConfig, check_paths, load_config
 from augment.data import DataError, NIHIndex
 
@@ -248,7 +248,7 @@ def run_augment(
             index, built from it once: :func:`near_copy_bank_index`).
         classifier_checkpoint: the gate's classifier.
         generator_checkpoint: the flow-matching generator (or a VAE/LSGAN baseline); ``"paste"``
-            (:data:`~augment.augmentation.steps.PASTE`) paints nothing and keeps the carried
+            (:data:`~augment.synthesis.steps.PASTE`) paints nothing and keeps the carried
             real lesion (the copy-paste control).
         generator_run: MLflow run id of the generator, recorded per item.
         use_ray: False runs the same steps in a plain in-process loop (the benchmark's
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--classifier and --generator are required (or pass --dry-run to plan only)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.dry_run:
-        from augment.augmentation.dry_run import dry_run, format_dry_run
+        from augment.synthesis.dry_run import dry_run, format_dry_run
 
         try:
             cfg = load_config(args.config, args.overrides)

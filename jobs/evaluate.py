@@ -153,7 +153,7 @@ def evaluate(
         for measures the inputs were too small for, and ``seconds``).
     """
     from augment.classifier.checkpoint import load_classifier
-    from augment.evaluation import distance, fidelity, memorisation, synthetic_test, two_sample
+    from augment.evaluation import distance, fidelity, memorisation, synthetic_scoring, two_sample
     from augment.evaluation.plots import image_grid, save_figure
 
     t0 = time.perf_counter()
@@ -356,8 +356,8 @@ def evaluate(
         skipped["memorisation"] = "no --generator-train folder given"
 
     # --- the classifier on real, synthetic and both --------------------------------------------
-    rows = synthetic_test.score_sets(model, real_clf, y_real, syn_clf, y_syn)
-    metrics.update(synthetic_test.rows_to_metrics(rows, "classifier_"))
+    rows = synthetic_scoring.score_sets(model, real_clf, y_real, syn_clf, y_syn)
+    metrics.update(synthetic_scoring.rows_to_metrics(rows, "classifier_"))
 
     n_show = min(6, len(real_recs), len(syn_recs))
     ri = np.linspace(0, len(real_recs) - 1, n_show).round().astype(int)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from augment.augmentation.pool import PoolError
+from augment.synthesis.pool import PoolError
 from augment.config import ConfigError, RunConfig, check_paths
 from augment.data import DataError, NIHIndex, Split, data_root, prepare_data
 from augment.data.io import read_image
@@ -207,8 +207,8 @@ def _augment_stage(
     import mlflow
 
     from augment import tracking
-    from augment.augmentation.fingerprint import generator_fingerprint
-    from augment.augmentation.pool import PoolWriter
+    from augment.synthesis.fingerprint import generator_fingerprint
+    from augment.synthesis.pool import PoolWriter
     from augment.evaluation.plots import image_grid, save_figure
     from jobs.augment import run_augment
 

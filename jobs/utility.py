@@ -126,7 +126,7 @@ def run_utility(cfg: RunConfig, pool: str | Path | None = None, out_dir: str | P
     import mlflow
 
     from augment import tracking
-    from augment.augmentation.pool import PoolWriter
+    from augment.synthesis.pool import PoolWriter
     from augment.data import load_index
     from augment.evaluation.plots import save_figure
     from augment.evaluation.utility import aggregate_over_seeds, subsample_fraction, utility_figure

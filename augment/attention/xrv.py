@@ -28,7 +28,8 @@ class XRVWeightsMissing(FileNotFoundError):
     """The torchxrayvision weights file is not on local disk; the message says where to put it."""
 
 
-def _xrv() -> Any:
+def import_xrv() -> Any:
+    """The torchxrayvision module, imported without letting it silence warnings globally."""
     # torchxrayvision silences all warnings globally on import; keep our filters.
     with warnings.catch_warnings():
         import torchxrayvision as xrv
@@ -37,7 +38,7 @@ def _xrv() -> Any:
 
 def xrv_weights_file(weights: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Local path torchxrayvision reads ``weights`` from (whether or not it exists)."""
-    xrv = _xrv()
+    xrv = import_xrv()
     if weights not in xrv.models.model_urls:
         names = sorted(k for k in xrv.models.model_urls if k.startswith("densenet"))
         raise ValueError(f"unknown torchxrayvision weights {weights!r}; DenseNet weights are {names}")
@@ -70,7 +71,7 @@ class XRVSource(AttentionSource):
         model: nn.Module | None = None,
         batch_size: int = 8,
     ) -> None:
-        xrv = _xrv()
+        xrv = import_xrv()
         if model is None:
             path = xrv_weights_file(weights, cache_dir)
             if not path.is_file():

@@ -247,7 +247,7 @@ def _opt_float(v: str | None) -> float | None:
         return None
 
 
-def _record_from_row(row: dict[str, str], labels: tuple[str, ...], patient_id: int) -> Record:
+def record_from_row(row: dict[str, str], labels: tuple[str, ...], patient_id: int) -> Record:
     return Record(
         image_index=row["Image Index"],
         labels=labels,
@@ -274,7 +274,7 @@ def _read_rows(csv_path: Path) -> list[list[str]]:
     return rows
 
 
-def _read_data_entry(csv_path: Path) -> Iterable[tuple[int, dict[str, str]]]:
+def read_data_entry_rows(csv_path: Path) -> Iterable[tuple[int, dict[str, str]]]:
     rows = _read_rows(csv_path)
     header = [h.strip() for h in rows[0]]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
@@ -346,7 +346,7 @@ def load_index(root: str | Path, on_bad_row: str = "error", check_images: bool =
     records: list[Record] = []
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for lineno, row in _read_data_entry(csv_path):
+    for lineno, row in read_data_entry_rows(csv_path):
         name = row["Image Index"]
         where = f"{csv_path.name}:{lineno} ({name})"
         try:
@@ -364,7 +364,7 @@ def load_index(root: str | Path, on_bad_row: str = "error", check_images: bool =
             skipped.append((name, str(exc)))
             continue
         seen.add(name)
-        records.append(_record_from_row(row, labels, pid))
+        records.append(record_from_row(row, labels, pid))
     if skipped:
         log.warning("skipped %d bad row(s) of %s (data.on_bad_row=skip); first: %s", len(skipped), csv_path, skipped[0][1])
     if not records:
@@ -446,11 +446,11 @@ def label_folder(root: str | Path, table: str | Path | None = None) -> Path:
     table = Path(table) if table else _xrv_data_entry()
     wanted = set(names)
     found: dict[str, Record] = {}
-    for lineno, row in _read_data_entry(table):
+    for lineno, row in read_data_entry_rows(table):
         name = row["Image Index"]
         if name in wanted:
             labels = parse_labels(row["Finding Labels"], f"{table.name}:{lineno}")
-            found[name] = _record_from_row(row, labels, _opt_int(row.get("Patient ID")) or 0)
+            found[name] = record_from_row(row, labels, _opt_int(row.get("Patient ID")) or 0)
     missing = sorted(wanted - set(found))
     if missing:
         raise DataError(

@@ -324,10 +324,10 @@ class XRVFeatures:
         model: nn.Module | None = None,
         batch_size: int = 16,
     ) -> None:
-        from augment.attention.xrv import XRVWeightsMissing, _xrv, xrv_weights_file
+        from augment.attention.xrv import XRVWeightsMissing, import_xrv, xrv_weights_file
 
         if model is None:
-            xrv = _xrv()
+            xrv = import_xrv()
             text = str(weights)
             if text in xrv.models.model_urls:
                 name, path = text, xrv_weights_file(text, cache_dir)

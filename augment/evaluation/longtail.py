@@ -18,7 +18,6 @@ computed for all resamples at once from one sort of the scores.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 

@@ -9,7 +9,7 @@ distances, 1% by default) are flagged as near-copies; an exact copy (distance 0)
 flagged.
 
 Pixel distances are RMS intensity differences of downsampled images (``size``), the same
-measure as the quality gate's near-copy check (:mod:`augment.quality.memorisation`), here
+measure as the quality gate's near-copy check (:mod:`augment.quality.near_copy`), here
 over whole sets. A synthetic image is its healthy source outside the painted mask, so give
 ``exclude`` (the source id of each synthetic image; ``exclude_patients`` also skips the
 source patient's follow-ups) and ``masks`` to measure only inside the painted region; real

@@ -1,7 +1,7 @@
 """Generation for the Serve service: requests in, synthetic radiographs and verdicts out.
 
 The method itself (reference, transfer, painting, one seeding rule) is the batch job's chain,
-:mod:`augment.augmentation.chain`; this package adds what a request needs around it:
+:mod:`augment.synthesis.chain`; this package adds what a request needs around it:
 
 * :mod:`~augment.generation.bundle`: load the classifier, the generator (any kind, as an
   :class:`~augment.painter.Painter`), the verifier and the diseased references (checkpoint

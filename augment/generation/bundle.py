@@ -50,7 +50,7 @@ class ModelBundle:
     Attributes:
         classifier: the EfficientNet classifier, eval mode.
         generator: the generator (:class:`~augment.painter.Painter`: the flow model or a baseline), eval mode.
-        references: the :class:`~augment.augmentation.references.ReferenceBank` (images and
+        references: the :class:`~augment.synthesis.reference_bank.ReferenceBank` (images and
             maps at ``work_size``, on the CPU).
         spec: the locations the models were loaded from.
         work_size: side length at which references are read and registration runs.
@@ -117,7 +117,7 @@ def resolve_checkpoint(path_or_uri: str | os.PathLike, names: tuple[str, ...], t
 def _reference_bank(root: Path, cfg: RunConfig, classifier: torch.nn.Module, size: int, per_finding: int) -> Any:
     """Diseased references of every finding that ``root`` holds, with their attention maps."""
     from augment.attention import build_attention_source
-    from augment.augmentation.references import ReferenceBank, build_reference_bank
+    from augment.synthesis.reference_bank import ReferenceBank, build_reference_bank
     from augment.data.nih import load_index
 
     index = load_index(root, on_bad_row="skip")

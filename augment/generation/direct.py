@@ -22,7 +22,7 @@ from augment.data.io import validate_batch
 from augment.findings import FINDINGS, finding_index
 from augment.generation.bundle import ModelBundle
 from augment.generation.generate import probabilities, sampling_config
-from augment.augmentation.chain import paint
+from augment.synthesis.chain import paint
 from augment.registration import folded_fraction, mse, ncc, register, warp_image, warp_tensor
 
 __all__ = ["InpaintOutput", "RegisterOutput", "inpaint_image", "register_images", "upscale_field"]

@@ -1,5 +1,5 @@
 """One generation request, start to end, through the method's one chain
-(:mod:`augment.augmentation.chain`, the batch job's too): reference, Demons transfer,
+(:mod:`augment.synthesis.chain`, the batch job's too): reference, Demons transfer,
 painting, gate.
 
 For each healthy radiograph and target finding(s):
@@ -7,13 +7,13 @@ For each healthy radiograph and target finding(s):
 1. the healthy image is resized to the working size S (``data.image_size``); sample ``j``
    is the chain's item with seed ``request.seed + j``: for each finding it ranks the bank's
    references by similarity and its seed picks one of the ``k`` best
-   (:func:`~augment.augmentation.chain.pick_reference`);
+   (:func:`~augment.synthesis.chain.pick_reference`);
 2. each reference's region (and, under the lesion coupling, its lesion) is carried onto the
-   healthy image (:func:`~augment.augmentation.chain.carry`: Demons at S, the region kept
+   healthy image (:func:`~augment.synthesis.chain.carry`: Demons at S, the region kept
    inside the body); the regions of several findings are merged;
 3. the merged region is brought back to the image's own size: it is repainted at the
    image's resolution (crops around the mask) with the findings as a multi-hot condition
-   and the sample's own seed (:func:`~augment.augmentation.chain.paint`);
+   and the sample's own seed (:func:`~augment.synthesis.chain.paint`);
 4. the classifier scores the healthy image and each sample; the quality gate
    (:func:`~augment.quality.evaluate_gate`, the batch job's) judges each sample.
 
@@ -38,7 +38,7 @@ from augment.data.io import resize, validate_batch
 from augment.errors import NoContrastError, UnknownFindingError
 from augment.findings import FINDINGS, finding_index
 from augment.generation.bundle import ModelBundle
-from augment.augmentation.chain import ReferencePick, carry, paint, paint_settings, pick_reference
+from augment.synthesis.chain import ReferencePick, carry, paint, paint_settings, pick_reference
 from augment.inpainting.sampler import findings_tensor
 from augment.quality import GateDecision, evaluate_gate
 
@@ -149,7 +149,7 @@ class GenerationResult:
 
 def sampling_config(bundle: ModelBundle, cfg: RunConfig, steps: int | None = None, guidance: float | None = None) -> InpaintingConfig:
     """The profile's inpainting settings with the generator's own architecture and the request's
-    ``steps`` and ``guidance`` (:func:`augment.augmentation.chain.paint_settings`, as the batch job)."""
+    ``steps`` and ``guidance`` (:func:`augment.synthesis.chain.paint_settings`, as the batch job)."""
     return paint_settings(bundle.generator, cfg.inpainting, steps, guidance)
 
 
@@ -230,7 +230,7 @@ def generate_batch(bundle: ModelBundle, cfg: RunConfig, requests: Sequence[Gener
     small = [torch.from_numpy(resize(r.image[0, 0].cpu().numpy(), size))[None, None] for r in reqs]
 
     # 1. references: sample j of a request is the chain's item with seed request.seed + j, and
-    #    picks its reference for each finding as the batch job does (augment.augmentation.chain).
+    #    picks its reference for each finding as the batch job does (augment.synthesis.chain).
     pairs: dict[tuple[int, str, int], int] = {}  # (request, finding, bank index) -> pair number
     plan: list[list[dict[str, ReferencePick]]] = []  # per request, per sample: finding -> pick
     for ri, r in enumerate(reqs):

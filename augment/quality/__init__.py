@@ -6,7 +6,7 @@ embeddings for the near-copy (memorisation) check.
 """
 
 from augment.quality.gate import REASONS, GateDecision, ProbFn, acceptance_summary, evaluate_gate
-from augment.quality.memorisation import EmbedFn, NearestNeighbours, TrainingBank
+from augment.quality.near_copy import EmbedFn, NearestNeighbours, TrainingBank
 
 __all__ = [
     "REASONS",

@@ -1,7 +1,7 @@
 """The near-copy bank as an index folder: built once per run, memory-mapped by every gate actor.
 
 A gate actor used to read every training image at start-up to build its
-:class:`~augment.quality.memorisation.TrainingBank` (86k reads and gigabytes per actor on
+:class:`~augment.quality.near_copy.TrainingBank` (86k reads and gigabytes per actor on
 NIH). :func:`build_bank_index` does that work once, streaming the images in batches so its
 memory stays bounded, and writes a folder::
 
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from augment.data.io import ImageReadError, fsync_dir, read_image
-from augment.quality.memorisation import TrainingBank, patient_codes, real_nearest_neighbours
+from augment.quality.near_copy import TrainingBank, patient_codes, real_nearest_neighbours
 
 log = logging.getLogger(__name__)
 

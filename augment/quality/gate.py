@@ -25,7 +25,7 @@ A synthetic image is accepted when all of these hold (each is recorded with its 
   between different patients) away in cosine distance of embeddings in the bank's feature
   space: the bank's own encoder when it carries one (a bank index, see
   :mod:`augment.quality.bank_index`: a space the gate does not select in), else the
-  ``embed_fn`` given (see :mod:`augment.quality.memorisation`; skipped, and recorded as
+  ``embed_fn`` given (see :mod:`augment.quality.near_copy`; skipped, and recorded as
   None, without a bank).
 
 The classifier comes in as callables, so the gate does not depend on its internals.
@@ -42,7 +42,7 @@ import torch
 
 from augment.config import QualityConfig
 from augment.findings import FINDINGS
-from augment.quality.memorisation import EmbedFn, TrainingBank
+from augment.quality.near_copy import EmbedFn, TrainingBank
 
 __all__ = ["ProbFn", "GateDecision", "evaluate_gate", "acceptance_summary", "REASONS"]
 

@@ -169,7 +169,7 @@ def test_the_flow_checkpoint_loads_as_the_velocity_net_and_paints_through_the_sa
 
 
 def test_the_augment_jobs_inpaint_step_runs_a_baseline_checkpoint(tmp_path):
-    from augment.augmentation.steps import InpaintStep
+    from augment.synthesis.steps import InpaintStep
 
     m = _model("vae")
     path = save_baseline(tmp_path / "generator.pt", m)
@@ -194,7 +194,7 @@ def test_the_augment_jobs_inpaint_step_runs_a_baseline_checkpoint(tmp_path):
 def test_the_services_sampling_path_takes_a_baseline(tmp_path):
     from types import SimpleNamespace
 
-    from augment.augmentation.chain import Stage, item_generator, paint
+    from augment.synthesis.chain import Stage, item_generator, paint
     from augment.generation.generate import sampling_config
 
     painter = load_painter(save_baseline(tmp_path / "generator.pt", _model("gmvae")))

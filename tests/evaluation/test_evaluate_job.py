@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def inputs(tmp_path, make_nih_folder):
-    from augment.augmentation.pool import PoolWriter, ProvenanceRow
+    from augment.synthesis.pool import PoolWriter, ProvenanceRow
     from augment.classifier import build_classifier, save_checkpoint
     from augment.config import ClassifierConfig
     from augment.data.io import read_image
@@ -135,7 +135,7 @@ def test_evaluate_reports_bad_inputs(inputs, tmp_path, capsys):
 
 def test_a_copy_of_any_training_image_is_flagged_not_only_of_a_sampled_few(tmp_path, make_nih_folder):
     """The old search read --max-images random training images; a copy of another one went unseen."""
-    from augment.augmentation.pool import PoolWriter, ProvenanceRow
+    from augment.synthesis.pool import PoolWriter, ProvenanceRow
     from augment.classifier import build_classifier, save_checkpoint
     from augment.config import ClassifierConfig
     from augment.data.io import read_image

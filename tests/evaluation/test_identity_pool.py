@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment.augmentation.pool import PoolWriter, ProvenanceRow
+from augment.synthesis.pool import PoolWriter, ProvenanceRow
 from augment.data.io import read_image
 from augment.data.nih import DataError, load_index
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from augment.data.nih import Record
-from augment.evaluation.synthetic_test import per_set_metrics, rows_to_metrics
+from augment.evaluation.synthetic_scoring import per_set_metrics, rows_to_metrics
 from augment.evaluation.utility import NO_INTERVAL, aggregate_over_seeds, mean_interval, subsample_fraction, utility_figure
 from augment.findings import FINDINGS
 

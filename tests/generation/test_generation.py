@@ -21,7 +21,7 @@ from augment.generation import (
     resolve_checkpoint,
     upscale_field,
 )
-from augment.augmentation.chain import Stage, item_generator, paint
+from augment.synthesis.chain import Stage, item_generator, paint
 from augment.inpainting import findings_tensor, inpaint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))
@@ -214,7 +214,7 @@ def test_the_service_and_the_batch_job_make_the_same_image(setup, coupling):
     generate_batch, is the batch job's item (RegisterStep -> InpaintStep) of the same source and seed."""
     import numpy as np
 
-    from augment.augmentation.steps import InpaintStep, RegisterStep
+    from augment.synthesis.steps import InpaintStep, RegisterStep
 
     cfg, bundle, _, _, root = setup
     cfg = cfg.model_copy(update={"inpainting": cfg.inpainting.model_copy(update={"coupling": coupling})})

@@ -69,7 +69,7 @@ def test_filter_drops_planted_inputs_and_logs_counts_to_mlflow(planted, tmp_path
     import mlflow
 
     from augment import tracking
-    from augment.augmentation.plan import plan_augmentation
+    from augment.synthesis.plan import plan_augmentation
     from jobs.augment import filter_inputs
 
     cfg, train, bad_src, bad_ref = planted
@@ -136,7 +136,7 @@ def _write_csv(out: Path, rows: int) -> Path:
 
 
 def test_dry_run_prints_the_plan_without_ray_models_or_images(tmp_path):
-    from augment.augmentation.dry_run import CPU_SECONDS_PER_ITEM, dry_run
+    from augment.synthesis.dry_run import CPU_SECONDS_PER_ITEM, dry_run
     from augment.data.splits import split_index
 
     folder = _write_csv(tmp_path / "nih", 3000)
@@ -157,7 +157,7 @@ def test_dry_run_prints_the_plan_without_ray_models_or_images(tmp_path):
     d = dry_run(cfg, folder, gpu_seconds_per_item=0.5, gpu_workers=4)
     assert d.rows == 3000
     s = cfg.data.split
-    from augment.augmentation.dry_run import read_table
+    from augment.synthesis.dry_run import read_table
 
     train = split_index(read_table(folder)[0], s.val_fraction, s.test_fraction, s.seed, s.use_official_lists).train
     counts = train.counts()

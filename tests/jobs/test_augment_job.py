@@ -133,7 +133,7 @@ def test_plain_loop_writes_every_planned_item_once(setup, tmp_path):
 
 
 def test_rerun_with_another_generator_is_refused(setup, tmp_path):
-    from augment.augmentation import PoolError, PoolWriter, generator_fingerprint
+    from augment.synthesis import PoolError, PoolWriter, generator_fingerprint
     from jobs.augment import run_augment
 
     root, split, clf, gen = setup
@@ -152,7 +152,7 @@ def test_corrupt_source_is_counted_not_fatal(setup, tmp_path):
     import shutil
     from dataclasses import replace
 
-    from augment.augmentation import generator_fingerprint, plan_augmentation
+    from augment.synthesis import generator_fingerprint, plan_augmentation
     from jobs.augment import run_augment
 
     root, split, clf, gen = setup

@@ -54,7 +54,7 @@ def test_config_errors_and_missing_pool_are_clear(tmp_path, capsys):
 def test_utility_trains_both_arms_per_seed_reports_intervals_and_resumes(tmp_path, monkeypatch):
     import mlflow
 
-    from augment.augmentation.pool import PoolWriter, ProvenanceRow
+    from augment.synthesis.pool import PoolWriter, ProvenanceRow
     from augment.data import prepare_data
     from augment.data.io import read_image
     from jobs.utility import run_utility

@@ -13,7 +13,7 @@ from augment.config import QualityConfig
 from augment.findings import FINDINGS
 from augment.quality import evaluate_gate
 from augment.quality.bank_index import BankIndexSpec, build_bank_index, load_bank_index, write_bank_index
-from augment.quality.memorisation import TrainingBank, patient_codes, real_nearest_neighbours
+from augment.quality.near_copy import TrainingBank, patient_codes, real_nearest_neighbours
 
 SPEC = BankIndexSpec(size=16, read_size=32, encoder_size=16, dim=8, epochs=3, fit_images=64, batch_size=5)
 
@@ -107,7 +107,7 @@ def test_bad_input_and_bad_folders_raise_value_error(tmp_path):
 
 
 def test_chunked_search_matches_one_pass(monkeypatch):
-    import augment.quality.memorisation as mem
+    import augment.quality.near_copy as mem
 
     g = torch.Generator().manual_seed(3)
     bank_imgs, q = torch.rand(37, 1, 8, 8, generator=g), torch.rand(3, 1, 8, 8, generator=g)

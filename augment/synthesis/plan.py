@@ -58,7 +58,7 @@ def item_key(finding: str, ordinal: int, source: str, plan_seed: int, item_seed:
         source: image index of the healthy source.
         plan_seed: the plan's seed (``augment.seed``).
         item_seed: the item's own seed.
-        generator: the generator's fingerprint (:func:`augment.augmentation.fingerprint.generator_fingerprint`).
+        generator: the generator's fingerprint (:func:`augment.synthesis.fingerprint.generator_fingerprint`).
     """
     blob = json.dumps([finding, int(ordinal), source, int(plan_seed), int(item_seed), generator]).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
@@ -98,7 +98,7 @@ def plan_augmentation(
     if not isinstance(generator, str) or not generator:
         raise ValueError(
             f"generator must be the generator's fingerprint (a non-empty string), got {generator!r}; "
-            "compute it with augment.augmentation.generator_fingerprint(checkpoint)"
+            "compute it with augment.synthesis.generator_fingerprint(checkpoint)"
         )
     healthy = index.healthy()
     counts = index.counts()

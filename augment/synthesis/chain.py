@@ -1,6 +1,6 @@
 """The method's one chain, typed: choose a reference -> carry its region -> paint.
 
-The batch job (:mod:`augment.augmentation.steps`, on Ray Data column batches) and the service
+The batch job (:mod:`augment.synthesis.steps`, on Ray Data column batches) and the service
 (:func:`augment.generation.generate_batch`, on requests) both call these functions, so the same
 source, finding and seed give the same image through either (a test holds them to it). The gate
 that follows is :func:`augment.quality.gate.evaluate_gate` in both.
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from augment.augmentation.references import ReferenceBank
+from augment.synthesis.reference_bank import ReferenceBank
 from augment.config import InpaintingConfig, RunConfig
 from augment.inpainting.sampler import InpaintResult, findings_tensor
 from augment.painter import Painter

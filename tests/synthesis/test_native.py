@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation, distance_transform_edt
 
-from augment.augmentation.native import MAX_REACH_PX, paste_native
-from augment.augmentation.pool import PoolWriter, ProvenanceRow
-from augment.augmentation.steps import WriteStep
+from augment.synthesis.native import MAX_REACH_PX, paste_native
+from augment.synthesis.pool import PoolWriter, ProvenanceRow
+from augment.synthesis.steps import WriteStep
 from augment.data.io import (
     ImageReadError,
     decode_image,

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from augment.augmentation import (
+from augment.synthesis import (
     PoolError,
     PoolWriter,
     ProvenanceRow,

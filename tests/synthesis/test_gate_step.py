@@ -37,10 +37,10 @@ def gate_setup(make_nih_folder, tmp_path):
 
 
 def test_gate_step_reads_no_training_image_and_flags_a_planted_copy(gate_setup, monkeypatch):
-    import augment.augmentation.steps as steps
+    import augment.synthesis.steps as steps
     import augment.data.io as io
     import augment.quality.bank_index as bank_index
-    from augment.augmentation.steps import GateStep
+    from augment.synthesis.steps import GateStep
 
     cfg, clf, bank, root, images, ids = gate_setup
     shutil.rmtree(root / "images")  # the training images are gone: the gate must not need them
@@ -70,7 +70,7 @@ def test_gate_step_reads_no_training_image_and_flags_a_planted_copy(gate_setup, 
 
 
 def test_gate_step_without_an_index_skips_the_near_copy_check(gate_setup):
-    from augment.augmentation.steps import GateStep
+    from augment.synthesis.steps import GateStep
 
     cfg, clf, *_ = gate_setup
     assert GateStep(cfg, clf, None).bank is None

@@ -36,7 +36,7 @@ def generator_fingerprint(checkpoint: str | os.PathLike) -> str:
     from augment.tracking import ARTIFACT_URI_SCHEMES, local_checkpoint
 
     text = str(checkpoint)
-    if text == "paste":  # augment.augmentation.steps.PASTE: no generator, the carried lesion itself
+    if text == "paste":  # augment.synthesis.steps.PASTE: no generator, the carried lesion itself
         return "paste"
     if text.startswith(ARTIFACT_URI_SCHEMES):
         return "uri-" + hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -31,9 +31,9 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from augment.augmentation.plan import PlanItem
-from augment.augmentation.pool import PoolWriter, ProvenanceRow
-from augment.augmentation.references import ReferenceBank
+from augment.synthesis.plan import PlanItem
+from augment.synthesis.pool import PoolWriter, ProvenanceRow
+from augment.synthesis.reference_bank import ReferenceBank
 from augment.config import RunConfig
 from augment.data.io import ImageReadError, read_image
 from augment.data.nih import NIHIndex
@@ -87,7 +87,7 @@ class RegisterStep:
         self.size = cfg.data.image_size
 
     def __call__(self, batch: Batch) -> Batch:
-        from augment.augmentation.chain import carry, pick_reference
+        from augment.synthesis.chain import carry, pick_reference
 
         n = len(batch["item_id"])
         s = self.size
@@ -135,7 +135,7 @@ class InpaintStep:
     with ``generator_checkpoint`` :data:`PASTE`, keep the carried real lesion as it is."""
 
     def __init__(self, cfg: RunConfig, generator_checkpoint: str) -> None:
-        from augment.augmentation.chain import paint, paint_settings
+        from augment.synthesis.chain import paint, paint_settings
         from augment.inpainting.model import resolve_device
         from augment.painter import load_painter
 
@@ -254,7 +254,7 @@ class GateStep:
 
 def _bank_from_images(cfg: RunConfig, train_index: NIHIndex, embed_fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """The old per-actor bank: every training image read here, embedded by the classifier."""
-    from augment.quality.memorisation import TrainingBank
+    from augment.quality.near_copy import TrainingBank
 
     arrs, ids = [], []
     for r in train_index.records:
@@ -281,7 +281,7 @@ class WriteStep:
 
     Each item's source is read as stored (:func:`augment.data.io.read_raw`) and the region
     painted at the working resolution is pasted back into it
-    (:func:`augment.augmentation.native.paste_native`, the change over ``batch["image"]``
+    (:func:`augment.synthesis.native.paste_native`, the change over ``batch["image"]``
     carried, with a feathered edge of ``feather`` native pixels): the pool image has the
     source's size and bit depth and equals it bit for bit farther than ``feather`` pixels
     outside the mask; the mask is stored at the source's size too. Where the source cannot
@@ -298,7 +298,7 @@ class WriteStep:
     """
 
     def __init__(self, pool_uri: str, generator_run: str, sources: NIHIndex, feather: float | None = None) -> None:
-        from augment.augmentation.native import FEATHER_PX, MAX_REACH_PX
+        from augment.synthesis.native import FEATHER_PX, MAX_REACH_PX
 
         if not callable(getattr(sources, "path", None)):
             raise TypeError(f"WriteStep needs the sources' index (an NIHIndex, for its .path), got {type(sources).__name__}")
@@ -313,7 +313,7 @@ class WriteStep:
     def _native(self, batch: Batch, i: int) -> tuple[np.ndarray, np.ndarray, int, str | None]:
         """(image, mask, bits, why not native): the item at its source's resolution, or the
         working-resolution one and the reason (the source is unreadable)."""
-        from augment.augmentation.native import paste_native
+        from augment.synthesis.native import paste_native
         from augment.data.io import read_raw
 
         synthetic, mask = batch["synthetic"][i], batch["mask"][i]

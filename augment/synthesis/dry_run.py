@@ -1,7 +1,7 @@
 """The augmentation job on paper: the plan and its cost, without reading an image.
 
 ``python -m jobs.augment --dry-run`` reads only the Data_Entry table, splits it as the job
-would, makes the same plan (:func:`augment.augmentation.plan.plan_augmentation`), and
+would, makes the same plan (:func:`augment.synthesis.plan.plan_augmentation`), and
 prints per finding the real training positives, the synthetic items planned and the
 reference bank's size, then the expected time from per-item costs: this machine's measured
 figure (or one passed in) and a GPU figure spread over N workers. Nothing here starts Ray,
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from augment.augmentation.plan import plan_augmentation
-from augment.data.nih import DataError, NIHIndex, _read_data_entry, _record_from_row, find_data_entry, parse_labels
+from augment.synthesis.plan import plan_augmentation
+from augment.data.nih import DataError, NIHIndex, read_data_entry_rows, record_from_row, find_data_entry, parse_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from augment.config import RunConfig
@@ -95,7 +95,7 @@ def read_table(root: str | Path) -> tuple[NIHIndex, int, Path]:
             "(bench/make_nih_scale_csv.py writes a made-up one)"
         )
     records, seen, skipped = [], set(), 0
-    for lineno, row in _read_data_entry(table):
+    for lineno, row in read_data_entry_rows(table):
         name = row["Image Index"]
         try:
             labels = parse_labels(row["Finding Labels"], f"{table.name}:{lineno}")
@@ -107,7 +107,7 @@ def read_table(root: str | Path) -> tuple[NIHIndex, int, Path]:
             skipped += 1
             continue
         seen.add(name)
-        records.append(_record_from_row(row, labels, pid))
+        records.append(record_from_row(row, labels, pid))
     if not records:
         raise DataError(f"{table}: no usable rows")
     root_dir = table.parent

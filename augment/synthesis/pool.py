@@ -4,7 +4,7 @@ Layout under the pool root (a local path, ``file://``, ``s3://``, ``gs://`` — 
 filesystem pyarrow supports)::
 
     images/<name>.png            accepted synthetic images, at their source's size and bit depth
-                                 (8- or 16-bit grayscale; see :mod:`augment.augmentation.native`)
+                                 (8- or 16-bit grayscale; see :mod:`augment.synthesis.native`)
     masks/<name>.png             the painted region of each image (8-bit, 0 or 255), same size
     rejected/<name>.png          rejected images, kept for inspection
     items/<item id>.json         one record per finished plan item (the resume marker)
@@ -145,7 +145,7 @@ class PoolWriter:
         Data_Entry table, so another generator is refused.
 
         Args:
-            fingerprint: :func:`~augment.augmentation.fingerprint.generator_fingerprint` of the checkpoint.
+            fingerprint: :func:`~augment.synthesis.fingerprint.generator_fingerprint` of the checkpoint.
             checkpoint: where the checkpoint was read from (recorded, named in errors).
 
         Raises:

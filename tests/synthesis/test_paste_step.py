@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from augment.augmentation.fingerprint import generator_fingerprint
-from augment.augmentation.steps import PASTE, InpaintStep
+from augment.synthesis.fingerprint import generator_fingerprint
+from augment.synthesis.steps import PASTE, InpaintStep
 from augment.config import RunConfig
 
 

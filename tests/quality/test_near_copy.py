@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from augment.quality.memorisation import TrainingBank
+from augment.quality.near_copy import TrainingBank
 
 
 def test_masked_rms_matches_brute_force_and_excludes_ids():
@@ -37,7 +37,7 @@ def test_embedding_cosine_distance():
 
 
 def test_patient_of_nih_ids():
-    from augment.quality.memorisation import patient_of
+    from augment.quality.near_copy import patient_of
 
     assert patient_of("00000013_005.png") == "00000013"
     assert patient_of("syn_mass_00001_00000002_001.png") == "syn_mass_00001_00000002_001"

@@ -19,7 +19,7 @@ does that on the region's bounding box only:
    source's value bit for bit;
 4. the result is rounded and clipped in the source's dtype (uint8 or uint16).
 
-Nothing here imports Ray or torch; the pool writer (:class:`augment.augmentation.steps.WriteStep`)
+Nothing here imports Ray or torch; the pool writer (:class:`augment.synthesis.steps.WriteStep`)
 calls it once per item.
 """
 
