@@ -61,6 +61,13 @@ class StageConfig(BaseModel):
 SEED_HELP = "random seed, an integer >= 0 (numpy and torch refuse negative seeds)"
 
 
+def _no_device_key(data: Any, section: str) -> Any:
+    if isinstance(data, dict) and "device" in data:
+        raise ValueError(f"{section}.device is gone: a run has one device rule, resources.use_gpu (true: CUDA, "
+                         f"false: the CPU); drop {section}.device and set resources.use_gpu")
+    return data
+
+
 def _check_findings(names: list[str] | dict[str, Any], where: str) -> None:
     unknown = [n for n in names if n not in FINDINGS]
     if unknown:
@@ -134,7 +141,13 @@ class DataConfig(StageConfig):
 
 
 class RegistrationConfig(StageConfig):
-    """Demons registration of a diseased reference onto a healthy query."""
+    """Demons registration of a diseased reference onto a healthy query (on the run's device,
+    ``resources.use_gpu``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_gone(cls, data: Any) -> Any:
+        return _no_device_key(data, "registration")
 
     backend: Literal["torch", "simpleitk"] = "torch"
     variant: Literal["symmetric", "diffeomorphic"] = Field(
@@ -156,11 +169,16 @@ class RegistrationConfig(StageConfig):
     reference_metric: Literal["ncc", "embedding"] = "ncc"
     mask_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     batch_size: int = Field(16, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class InpaintingConfig(StageConfig):
-    """Flow-matching inpainter: velocity network, training and sampling."""
+    """Flow-matching inpainter: velocity network, training and sampling (on the run's device,
+    ``resources.use_gpu``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device_gone(cls, data: Any) -> Any:
+        return _no_device_key(data, "inpainting")
 
     crop_size: int = Field(64, ge=16, le=1024, description="model resolution; a crop around the mask is inpainted")
     region: Literal["crop", "full"] = Field(
@@ -214,7 +232,6 @@ class InpaintingConfig(StageConfig):
     )
     bf16: bool = True
     seed: int = Field(0, ge=0, description=SEED_HELP)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
     @field_validator("focus_findings")

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from augment.classifier.model import build_classifier  # noqa: E402
-from augment.classifier.train import fit, make_loader, resolve_device  # noqa: E402
+from augment.classifier.train import fit, make_loader  # noqa: E402
+from augment.device import run_device  # noqa: E402
 from augment.config import ClassifierConfig, RunConfig  # noqa: E402
 
 
@@ -249,7 +250,7 @@ def main() -> int:
         args.steps = [2, 1, 1]
         args.ray_images = min(args.ray_images, 96)
     torch.set_num_threads(args.threads)
-    device = resolve_device(None)
+    device = run_device(torch.cuda.is_available())
     load_before = os.getloadavg()
     results = {"machine": _machine(), "command": " ".join([Path(sys.executable).name] + sys.argv),
                "load_avg_before": [round(v, 2) for v in load_before], "sizes": []}

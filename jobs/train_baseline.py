@@ -132,7 +132,9 @@ def train_baseline(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.resources.torch_threads:
         torch.set_num_threads(cfg.resources.torch_threads)
-    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
+    from augment.device import run_device
+
+    device = run_device(cfg.resources.use_gpu)
     mask_fn = mask_fn or default_mask_fn(cfg, train_index)
     data = build_training_set(train_index, cfg.data.image_size, mask_fn=mask_fn)
     log.info("baseline %s training set: %s", kind, data.summary())

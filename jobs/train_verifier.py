@@ -86,14 +86,14 @@ def make_painter(cfg: RunConfig, checkpoint: str | os.PathLike) -> Any:
     """
     import torch
 
-    from augment.inpainting.model import resolve_device
+    from augment.device import run_device
     from augment.painter import load_painter
 
     if not Path(checkpoint).is_file():
         raise ValueError(
             f"verifier.hard_negatives names 'generator' but there is no generator checkpoint at {checkpoint}: train one "
             "(python -m jobs.train_generator), pass --generator, or drop 'generator' from verifier.hard_negatives")
-    painter = load_painter(checkpoint, map_location=resolve_device(cfg.inpainting.device))
+    painter = load_painter(checkpoint, map_location=run_device(cfg.resources.use_gpu))
     icfg = cfg.inpainting.model_copy(update={"coupling": "noise"})
 
     def paint(images: Any, regions: Any, seeds: list[int]) -> Any:

@@ -347,7 +347,9 @@ class Generator:
 
         t = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # noqa: E731
         try:
-            out = register_images(t(p["fixed"]), t(p["moving"]), self.cfg.registration, self._require().work_size, t(p.get("map")))
+            bundle = self._require()
+            out = register_images(t(p["fixed"]), t(p["moving"]), self.cfg.registration, bundle.work_size, t(p.get("map")),
+                                  device=bundle.device)
         except (ValueError, TypeError) as exc:
             return _as_error(exc, list(FINDINGS))
         except Exception as exc:

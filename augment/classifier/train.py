@@ -25,6 +25,7 @@ from augment.classifier.metrics import ClassifierMetrics, classification_metrics
 from augment.config import ClassifierConfig
 from augment.data.dataset import NIHImageDataset
 from augment.data.nih import NIHIndex
+from augment.device import run_device
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ __all__ = [
     "train_one_epoch",
     "evaluate",
     "fit",
-    "resolve_device",
     "make_loader",
     "TrainState",
 ]
@@ -86,15 +86,6 @@ class FitResult:
     best_epoch: int
     stopped_early: bool
     restored_best: bool
-
-
-def resolve_device(use_gpu: bool | None = None) -> torch.device:
-    """``cuda`` when asked for (or, with ``None``, when present), else ``cpu``."""
-    if use_gpu is None:
-        use_gpu = torch.cuda.is_available()
-    if use_gpu and not torch.cuda.is_available():
-        raise ValueError("a GPU was requested (resources.use_gpu) but CUDA is not available; set it to false")
-    return torch.device("cuda" if use_gpu else "cpu")
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -313,7 +304,7 @@ def fit(
         The per-epoch history and the validation metrics of the returned weights. With early
         stopping on, the weights of the best validation-loss epoch are restored at the end.
     """
-    device = device or resolve_device()
+    device = device or run_device(torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     model.to(device)

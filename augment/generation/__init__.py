@@ -13,7 +13,7 @@ The method itself (reference, transfer, painting, one seeding rule) is the batch
 Images are (B, 1, H, W) float32 in [0, 1]. Nothing here imports Ray.
 """
 
-from augment.generation.bundle import ModelBundle, ModelSpec, default_locations, load_bundle, pick_device, resolve_checkpoint
+from augment.generation.bundle import ModelBundle, ModelSpec, default_locations, load_bundle, resolve_checkpoint
 from augment.generation.direct import InpaintOutput, RegisterOutput, inpaint_image, register_images, upscale_field
 from augment.generation.generate import (
     GeneratedSample,
@@ -32,7 +32,6 @@ __all__ = [
     "ModelSpec",
     "default_locations",
     "load_bundle",
-    "pick_device",
     "resolve_checkpoint",
     "InpaintOutput",
     "RegisterOutput",

@@ -27,8 +27,7 @@ if TYPE_CHECKING:  # the models load lazily, in load_bundle
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelBundle", "ModelSpec", "Example", "load_bundle", "healthy_examples", "resolve_checkpoint", "default_locations",
-           "pick_device"]
+__all__ = ["ModelBundle", "ModelSpec", "Example", "load_bundle", "healthy_examples", "resolve_checkpoint", "default_locations"]
 
 GENERATOR_NAME = "generator.pt"
 
@@ -74,11 +73,6 @@ class ModelBundle:
         """Findings the bank holds references for, in NIH order."""
         have = set(self.references.findings())
         return [f for f in FINDINGS if f in have]
-
-
-def pick_device(use_gpu: bool) -> torch.device:
-    """CUDA when the profile asks for a GPU and one is visible, else CPU."""
-    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
 
 
 def default_locations(cfg: RunConfig) -> ModelSpec:
@@ -210,7 +204,7 @@ def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.dev
         cfg: the run profile (``data.image_size`` is the working size; ``attention`` picks
             the reference maps; ``tracking.uri`` resolves MLflow URIs).
         spec: model locations; default :func:`default_locations`.
-        device: default :func:`pick_device` of ``resources.use_gpu``.
+        device: default the run's device (:func:`augment.device.run_device` of ``resources.use_gpu``).
 
     Raises:
         ValueError: a checkpoint or the reference folder is missing or unusable.
@@ -219,7 +213,9 @@ def load_bundle(cfg: RunConfig, spec: ModelSpec | None = None, device: torch.dev
     from augment.painter import load_painter
 
     spec = spec or default_locations(cfg)
-    dev = torch.device(device) if device is not None else pick_device(cfg.resources.use_gpu)
+    from augment.device import run_device
+
+    dev = torch.device(device) if device is not None else run_device(cfg.resources.use_gpu)
     t0 = time.perf_counter()
     classifier = load_classifier(spec.classifier, map_location=dev, tracking_uri=cfg.tracking.uri)
     gen_path = resolve_checkpoint(spec.generator, (GENERATOR_NAME,), cfg.tracking.uri)

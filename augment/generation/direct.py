@@ -138,6 +138,7 @@ def register_images(
     cfg: RegistrationConfig,
     work_size: int,
     moving_map: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> RegisterOutput:
     """Register ``moving`` onto ``fixed`` and carry ``moving_map`` along.
 
@@ -146,6 +147,7 @@ def register_images(
         cfg: registration settings.
         work_size: Demons runs at (work_size, work_size); the field is scaled to (H, W).
         moving_map: optional (1, 1, H, W) map in [0, 1] on ``moving``.
+        device: where Demons runs (the service passes its models' device, the run's rule).
 
     Raises:
         ValueError: sizes differ, constant images, a map of another size.
@@ -161,7 +163,7 @@ def register_images(
             raise ValueError(f"map is {tuple(moving_map.shape[-2:])} but moving is {tuple(moving.shape[-2:])}; give a map of the moving image's size")
     h, w = fixed.shape[-2:]
     small = lambda x: F.interpolate(x, size=(work_size, work_size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)  # noqa: E731
-    reg = register(small(fixed), small(moving), cfg)
+    reg = register(small(fixed).to(device), small(moving).to(device), cfg)
     field = upscale_field(reg.field.float().cpu(), h, w)
     warped = warp_image(moving, field)
     warped_map = None if moving_map is None else warp_tensor(moving_map.float(), field, "bilinear").clamp_(0.0, 1.0)

@@ -45,7 +45,6 @@ __all__ = [
     "build_model",
     "to_model_space",
     "to_image_space",
-    "resolve_device",
     "autocast",
     "cpu_has_fast_bf16",
     "make_ema",
@@ -204,15 +203,6 @@ class VelocityNet(nn.Module):
 def build_model(cfg: InpaintingConfig) -> VelocityNet:
     """A freshly initialised :class:`VelocityNet` for ``cfg``."""
     return VelocityNet(cfg)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("inpainting.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
-    return torch.device(name)
 
 
 @functools.lru_cache(maxsize=1)

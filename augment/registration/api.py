@@ -18,7 +18,7 @@ from augment.registration.demons import DemonsParams, demons_torch
 from augment.registration.prealign import affine_field, compose_with_affine, estimate_prealignment
 from augment.registration.warp import folded_fraction, mse, ncc, warp_image, warp_tensor
 
-__all__ = ["Registration", "register", "warp_map", "resolve_device"]
+__all__ = ["Registration", "register", "warp_map"]
 
 
 @dataclass(frozen=True)
@@ -57,17 +57,6 @@ class Registration:
         return int(self.field.shape[0])
 
 
-def resolve_device(device: str) -> torch.device:
-    """Config device ("auto", "cpu", "cuda") -> torch device; "cuda" without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("registration.device is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"registration.device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return torch.device(device)
-
-
 def register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -98,7 +87,9 @@ def register(
     t0 = time.perf_counter()
     fixed, moving = check_pair(fixed, moving)
     out_device = fixed.device
-    device = resolve_device(cfg.device) if cfg.backend == "torch" else torch.device("cpu")
+    # the torch backend computes where the inputs are (the caller placed them on the run's
+    # device, augment.device.run_device); SimpleITK works on the CPU
+    device = fixed.device if cfg.backend == "torch" else torch.device("cpu")
     f, m = fixed.to(device), moving.to(device)
     b, _, h, w = f.shape
 

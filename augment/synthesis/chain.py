@@ -20,6 +20,7 @@ import torch
 
 from augment.synthesis.reference_bank import ReferenceBank
 from augment.config import InpaintingConfig, RunConfig
+from augment.device import run_device
 from augment.inpainting.sampler import InpaintResult, findings_tensor
 from augment.painter import Painter
 from augment.registration import choose_references, transfer_region
@@ -90,8 +91,11 @@ class Carried:
 
 def carry(sources: torch.Tensor, references: torch.Tensor, maps: torch.Tensor, cfg: RunConfig) -> Carried:
     """Register each reference onto its source and carry its finding's region (and, under the
-    lesion coupling, its lesion) over. All tensors (B, 1, S, S) in [0, 1]."""
+    lesion coupling, its lesion) over, on the run's device (``resources.use_gpu``). All tensors
+    (B, 1, S, S) in [0, 1]; the result is on the CPU."""
     att, reg = cfg.attention, cfg.registration
+    dev = run_device(cfg.resources.use_gpu)
+    sources, references, maps = sources.to(dev), references.to(dev), maps.to(dev)
     tr = transfer_region(sources, references, maps, reg, min_area=att.min_area, max_area=att.max_area)
     mask, base = tr.mask, sources.float()
     if cfg.inpainting.coupling == "lesion":

@@ -136,7 +136,7 @@ class InpaintStep:
 
     def __init__(self, cfg: RunConfig, generator_checkpoint: str) -> None:
         from augment.synthesis.chain import paint, paint_settings
-        from augment.inpainting.model import resolve_device
+        from augment.device import run_device
         from augment.painter import load_painter
 
         self.cfg = cfg
@@ -145,7 +145,7 @@ class InpaintStep:
             if cfg.inpainting.coupling != "lesion":
                 raise ValueError("the paste generator keeps the carried lesion: it needs inpainting.coupling 'lesion'")
             return
-        self.device = resolve_device(cfg.inpainting.device)
+        self.device = run_device(cfg.resources.use_gpu)
         self.painter = load_painter(generator_checkpoint, map_location=self.device)
         self.settings = paint_settings(self.painter, cfg.inpainting)
         self._paint = paint
@@ -194,7 +194,9 @@ class GateStep:
         from augment.quality.gate import evaluate_gate
 
         self.cfg = cfg
-        device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu"
+        from augment.device import run_device
+
+        device = run_device(cfg.resources.use_gpu)
         self.model = load_classifier(classifier_checkpoint, map_location=device)
         self.prob_fn = lambda x: predict_proba(self.model, x)
         self.embed_fn = lambda x: embed_images(self.model, x)

@@ -173,7 +173,7 @@ def test_the_augment_jobs_inpaint_step_runs_a_baseline_checkpoint(tmp_path):
 
     m = _model("vae")
     path = save_baseline(tmp_path / "generator.pt", m)
-    cfg = RunConfig.model_validate({"inpainting": {"crop_size": 16, "device": "cpu"}})
+    cfg = RunConfig.model_validate({"inpainting": {"crop_size": 16}})
     step = InpaintStep(cfg, str(path))
     images, masks, _ = _inputs(2, 32)
     batch = {

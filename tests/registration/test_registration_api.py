@@ -138,19 +138,28 @@ def test_bad_maps_are_rejected(amap, words):
         warp_map(torch.zeros(1, 1, 32, 32), reg, threshold=1.5)
 
 
-def test_cuda_device_without_gpu_is_an_error():
+def test_one_device_rule_a_gpu_asked_for_without_cuda_is_an_error_and_the_old_keys_are_refused():
+    from augment.config import ConfigError, load_config
+    from augment.device import run_device
+
+    assert run_device(False) == torch.device("cpu")
+    reg = register(_img(1, 1, 32, 32), _img(1, 1, 32, 32), RegistrationConfig(iterations=2, prealign="none"))
+    assert reg.field.device.type == "cpu"  # registration computes where its inputs are
+    for key in ("registration.device=cpu", "inpainting.device=cuda"):
+        with pytest.raises(ConfigError, match=r"device is gone: a run has one device rule, resources.use_gpu"):
+            load_config(None, [key])
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(ValueError, match="no CUDA GPU"):
-        register(_img(1, 1, 32, 32), _img(1, 1, 32, 32), RegistrationConfig(device="cuda", iterations=2))
+    with pytest.raises(ValueError, match="resources.use_gpu is true but no CUDA GPU"):
+        run_device(True)
 
 
 @pytest.mark.gpu
 def test_torch_backend_on_cuda_matches_cpu(real_pairs):
     fixed, moving = real_pairs[256]
-    cfg = RegistrationConfig(iterations=50, prealign="none", device="cuda")
-    gpu = register(fixed.cuda(), moving.cuda(), cfg)
-    cpu = register(fixed, moving, cfg.model_copy(update={"device": "cpu"}))
+    cfg = RegistrationConfig(iterations=50, prealign="none")
+    gpu = register(fixed.cuda(), moving.cuda(), cfg)  # on the inputs' device
+    cpu = register(fixed, moving, cfg)
     assert gpu.field.is_cuda and gpu.warped.is_cuda
     assert (gpu.ncc_after.cpu() - cpu.ncc_after).abs().max().item() < 0.01
     assert (gpu.mse_after < gpu.mse_before).all()
