@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from augment.findings import FINDINGS
 
@@ -89,6 +89,11 @@ class PhantomConfig(StageConfig):
                     "patients and image names of their own",
     )
     healthy_fraction: float = Field(0.4, ge=0.0, le=1.0, description="share of 'No Finding' images")
+    lesion_contrast: dict[str, float] = Field(
+        default_factory=dict,
+        description="per finding drawn as a density of its own (Nodule, Mass), a factor on its opacity: "
+                    "makes small lesions conspicuous enough to learn at a low working resolution (the long-tail profile)",
+    )
     prevalence: dict[str, float] = Field(
         default_factory=lambda: {
             "Cardiomegaly": 0.25,
@@ -101,6 +106,26 @@ class PhantomConfig(StageConfig):
         },
         description="per-finding probability among the diseased images",
     )
+
+    @model_serializer(mode="wrap")
+    def _drop_neutral(self, handler: Any) -> dict[str, Any]:
+        # an empty lesion_contrast is left out of dumps, so the hashes of the folders and stages
+        # made before the setting existed stay the same
+        d = handler(self)
+        if not self.lesion_contrast:
+            d.pop("lesion_contrast", None)
+        return d
+
+    @field_validator("lesion_contrast")
+    @classmethod
+    def _densities(cls, v: dict[str, float]) -> dict[str, float]:
+        other = sorted(set(v) - {"Nodule", "Mass"})
+        if other:
+            raise ValueError(f"lesion_contrast applies to Nodule and Mass (the findings drawn as a density); got {other}")
+        bad = {k: x for k, x in v.items() if not 0.0 < x <= 5.0}
+        if bad:
+            raise ValueError(f"lesion_contrast factors must be in (0, 5]; got {bad}")
+        return v
 
     @field_validator("prevalence")
     @classmethod

@@ -131,6 +131,7 @@ def render_phantom(
     size: int,
     findings: Sequence[str],
     anatomy: Anatomy | None = None,
+    contrast: Mapping[str, float] | None = None,
 ) -> PhantomImage:
     """Render one procedural frontal chest radiograph.
 
@@ -143,6 +144,9 @@ def render_phantom(
         size: side length in pixels (at least 32).
         findings: names from :data:`PHANTOM_FINDINGS`; empty for a healthy image.
         anatomy: the patient's anatomy (for follow-ups of one patient); drawn when None.
+        contrast: per finding, a factor on its opacity's amplitude (Nodule, Mass: the findings
+            drawn as a density of their own); 1 when absent. The draws stay the same, so a
+            factor changes how conspicuous a lesion is and nothing else.
 
     Returns:
         A :class:`PhantomImage` with the image (float32 (size, size) in [0, 1]), a mask and
@@ -164,6 +168,9 @@ def render_phantom(
     acq = sample_acquisition(np.random.default_rng(int(seeds[1])))
     frngs = {n: np.random.default_rng(int(seeds[2 + PHANTOM_FINDINGS.index(n)])) for n in names}
     params = {n: RENDERERS[n][0](frngs[n], anat) for n in names}
+    for n, k in (contrast or {}).items():
+        if n in params and "amplitude" in params[n]:
+            params[n]["amplitude"] *= float(k)
 
     ctr = params["Cardiomegaly"]["ctr"] if "Cardiomegaly" in params else None
     dome_raise = params["Atelectasis"]["dome_raise"] if "Atelectasis" in params else (0.0, 0.0)
@@ -366,7 +373,7 @@ def generate_phantom(cfg: PhantomConfig, root: str | os.PathLike, progress: bool
                     rng = np.random.default_rng([cfg.seed, 4, i])
                     view = "AP" if rng.uniform() < 0.25 else "PA"
                     age += int(rng.uniform() < 0.3)
-                    ph = render_phantom(rng, cfg.image_size, labels[i], anatomy=anat)
+                    ph = render_phantom(rng, cfg.image_size, labels[i], anatomy=anat, contrast=cfg.lesion_contrast)
                     name = f"{pat.pid:08d}_{fu:03d}.png"
                     (tmp / "images" / name).write_bytes(encode_png(ph.image))
                     for finding, mask in ph.masks.items():

@@ -79,6 +79,30 @@ def test_finding_changes_the_image_inside_its_mask(finding):
         assert inside > 4 * outside, f"{finding}: change inside {inside:.4f} vs outside {outside:.4f}"
 
 
+@pytest.mark.parametrize("finding", ["Mass", "Nodule"])
+def test_lesion_contrast_makes_the_same_lesion_more_conspicuous(finding):
+    import numpy as np
+
+    plain = phantom.render_phantom(np.random.default_rng(5), 96, [finding])
+    strong = phantom.render_phantom(np.random.default_rng(5), 96, [finding], contrast={finding: 2.0})
+    healthy = phantom.render_phantom(np.random.default_rng(5), 96, [])
+    m = plain.masks[finding]
+    assert np.array_equal(m, strong.masks[finding])  # same draw, same place and shape
+    lift = lambda ph: float((ph.image - healthy.image)[m].mean())  # noqa: E731
+    assert lift(strong) > 1.5 * lift(plain) > 0
+    from scipy import ndimage as ndi
+
+    far = ~ndi.binary_dilation(m, iterations=3)  # away from the lesion and its soft rim
+    change = np.abs(strong.image - plain.image)
+    assert float(change[m].mean()) > 10 * float(change[far].mean())
+    with pytest.raises(ValueError, match="applies to Nodule and Mass"):
+        PhantomConfig(lesion_contrast={"Effusion": 2.0})
+    with pytest.raises(ValueError, match=r"in \(0, 5\]"):
+        PhantomConfig(lesion_contrast={"Mass": 0.0})
+    # an empty setting is left out of dumps: the hashes of earlier folders and stages stay
+    assert "lesion_contrast" not in PhantomConfig().model_dump() and PhantomConfig(lesion_contrast={"Mass": 2}).model_dump()["lesion_contrast"]
+
+
 def test_cardiomegaly_enlarges_the_heart():
     big, normal = _render(5, 96, ["Cardiomegaly"]), _render(5, 96, [])
     assert big.ctr > 0.5 > normal.ctr
