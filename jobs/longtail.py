@@ -72,10 +72,11 @@ def extra_counts(cfg: RunConfig, train: NIHIndex) -> dict[str, int]:
 
 def render_test_set(cfg: RunConfig) -> NIHIndex:
     """The benchmark's test set: ``longtail.test`` rendered at the training phantom's image
-    size under ``<output_dir>/data`` (made once, reused)."""
+    size and lesion contrast under ``<output_dir>/data`` (made once, reused)."""
     from augment.data.phantom import generate_phantom
 
-    pcfg = cfg.longtail.test.model_copy(update={"image_size": cfg.data.phantom.image_size})
+    pcfg = cfg.longtail.test.model_copy(update={"image_size": cfg.data.phantom.image_size,
+                                                "lesion_contrast": cfg.data.phantom.lesion_contrast})
     root = Path(cfg.output_dir) / "data" / f"longtail-test-{_hash(pcfg.model_dump(mode='json'))}"
     generate_phantom(pcfg, root, progress=False)
     return load_index(root)
@@ -94,6 +95,7 @@ def render_ceiling_set(cfg: RunConfig, extra: dict[str, int]) -> NIHIndex:
         pcfg = PhantomConfig(  # the phantom renders at least 4 images: the first extra[f] are used
             n_images=max(4, extra[f]), image_size=cfg.data.phantom.image_size, seed=lt.ceiling_seed + k,
             patient_id_offset=lt.ceiling_patient_offset + k * 1_000_000, healthy_fraction=0.0, prevalence={f: 1.0},
+            lesion_contrast=cfg.data.phantom.lesion_contrast,  # the same lesions as the training set's
         )
         root = Path(cfg.output_dir) / "data" / f"longtail-ceiling-{_hash(pcfg.model_dump(mode='json'))}"
         generate_phantom(pcfg, root, progress=False)
