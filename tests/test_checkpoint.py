@@ -155,6 +155,21 @@ def test_training_state_resume_refuses_a_crafted_state(module: str, tmp_path: Pa
     assert not marker.exists()
 
 
+def test_a_flow_checkpoint_from_before_the_one_device_rule_still_loads(tmp_path: Path) -> None:
+    """Checkpoints written before resources.use_gpu became the one device key carry inpainting.device."""
+    from augment.config import InpaintingConfig
+    from augment.inpainting.model import build_model, save_checkpoint
+    from augment.painter import load_painter
+
+    cfg = InpaintingConfig(crop_size=16, block_out_channels=[8, 16], layers_per_block=1, mid_attention=False)
+    path = save_checkpoint(tmp_path / "g.pt", build_model(cfg), cfg)
+    old = torch.load(path, weights_only=True)
+    old["config"]["device"] = "auto"
+    del old["kind"]
+    torch.save(old, tmp_path / "old.pt")
+    assert load_painter(tmp_path / "old.pt").model.cfg == cfg
+
+
 def test_plain_checkpoints_still_load(tmp_path: Path) -> None:
     """The safe reader accepts what the package writes: tensors, numbers, strings, lists, dicts."""
     from augment.config import InpaintingConfig

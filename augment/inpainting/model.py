@@ -321,6 +321,7 @@ def flow_from_payload(payload: dict[str, Any], source: str | os.PathLike = "<che
     check_flow_payload(payload, source)
     config = dict(payload["config"])
     config.setdefault("label_planes", False)  # checkpoints from before the option had none
+    config.pop("device", None)  # checkpoints from before the one device rule (resources.use_gpu) carried their own
     cfg = InpaintingConfig.model_validate(config)
     model = VelocityNet(cfg)
     model.load_state_dict(payload["state_dict"])
