@@ -2,22 +2,22 @@
 two-sample test and memorisation; ``evaluation.json`` and figures (``python -m jobs.evaluate``
 is its command line and MLflow run).
 
-``--real`` and ``--synthetic`` are NIH-layout folders (``Data_Entry_2017.csv`` + ``images/``);
+``real`` and ``synthetic`` are NIH-layout folders (``Data_Entry_2017.csv`` + ``images/``);
 a pool written by ``jobs.augment`` also has ``provenance.csv`` and ``masks/``, which give each
 synthetic image's healthy source (for the cosine-to-source measure and to skip the source
 in the near-copy search) and its painted region (for the crop two-sample test and the
-masked memorisation distance). At most ``--max-images`` images per set are used (a seeded
-random subset), read at ``--image-size`` for the pixel-space measures and at the
+masked memorisation distance). At most ``max_images`` images per set are used (a seeded
+random subset), read at ``image_size`` for the pixel-space measures and at the
 classifier's own size for embeddings.
 
 Measures that cannot flatter: the real side leaves out every patient that gave a source to
-the pool (so ``--real`` may be the whole data folder); the two-sample test is cross-validated
+the pool (so ``real`` may be the whole data folder); the two-sample test is cross-validated
 with folds grouped by patient (a synthetic image counts as its source's patient); FID comes
 with KID (unbiased at small N) in spaces the gate never selected in (32x32 pixels, and an
-autoencoder trained on the ``--generator-train`` images, :mod:`augment.evaluation.encoder`),
+autoencoder trained on the ``generator_train`` images, :mod:`augment.evaluation.encoder`),
 beside the gate classifier's embedding (read that one as the gate's own view, not as
-realism); the near-copy search covers every image of ``--generator-train``, in pixels and in
-the autoencoder's features (torchxrayvision's with ``--xrv-weights``), never in the gate's. Writes ``evaluation.json`` and PNG figures into
+realism); the near-copy search covers every image of ``generator_train``, in pixels and in
+the autoencoder's features (torchxrayvision's with ``xrv_weights``), never in the gate's. Writes ``evaluation.json`` and PNG figures into
 ``out`` (atomically).
 """
 
