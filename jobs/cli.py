@@ -71,10 +71,14 @@ def job_split(cfg: RunConfig):
         raise JobInputError(f"data: {exc}") from None
 
 
-def run(body: Callable[[], int]) -> int:
-    """``body()``, with :class:`JobInputError` printed to stderr as exit status 2."""
+def run(body: Callable[[], int], fixable: tuple[type[BaseException], ...] = ()) -> int:
+    """``body()``; a :class:`JobInputError`, or one of the ``fixable`` errors (bad data, a missing
+    pool: ``error: <message>``), is printed to stderr as exit status 2, never a stack trace."""
     try:
         return body()
     except JobInputError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    except fixable as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ import numpy as np
 from augment.config import PhantomConfig, RunConfig
 from augment.data import DataError, NIHIndex, load_index, prepare_data
 from augment.data.io import atomic_write_bytes
-from jobs.cli import JobInputError, job_parser, load_job_config, run
+from jobs.cli import job_parser, load_job_config, run
 
 log = logging.getLogger("cxr.longtail")
 
@@ -298,15 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: _main(args))
+    return run(lambda: _main(args), fixable=(DataError, ValueError, FileNotFoundError))
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = load_job_config(args)
-    try:
-        report = run_longtail(cfg, _pools(args.pool), args.out)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        raise JobInputError(f"error: {exc}") from None
+    report = run_longtail(load_job_config(args), _pools(args.pool), args.out)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(Path(args.report), json.dumps(report, indent=1, default=str).encode())

@@ -27,7 +27,7 @@ from augment.config import ConfigError, RunConfig, check_paths
 from augment.data import DataError, NIHIndex, Split, data_root, prepare_data
 from augment.data.io import read_image
 from augment.findings import LABELS
-from jobs.cli import JobInputError, job_parser, load_job_config, run
+from jobs.cli import job_parser, load_job_config, run
 from jobs.stages import StageResult, run_stage, stage_key
 
 log = logging.getLogger("cxr.pipeline")
@@ -461,15 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: _main(args))
+    return run(lambda: _main(args), fixable=(ConfigError, DataError, PoolError))
 
 
 def _main(args: argparse.Namespace) -> int:
     cfg = load_job_config(args)
-    try:
-        results = run_pipeline(cfg, until=args.until)
-    except (ConfigError, DataError, PoolError) as exc:
-        raise JobInputError(f"error: {exc}") from None
+    results = run_pipeline(cfg, until=args.until)
     from augment.tracking import ui_command
 
     print(f"\nPipeline finished in {results['seconds']} s; MLflow parent run {results['mlflow_run_id']}.")

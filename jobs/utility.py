@@ -40,7 +40,7 @@ from typing import Any
 from augment.config import RunConfig
 from augment.data import DataError, NIHIndex, prepare_data
 from augment.data.io import atomic_write_bytes
-from jobs.cli import JobInputError, job_parser, load_job_config, run
+from jobs.cli import job_parser, load_job_config, run
 
 log = logging.getLogger("cxr.utility")
 
@@ -252,15 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(lambda: _main(args))
+    return run(lambda: _main(args), fixable=(DataError, FileNotFoundError, ValueError))
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = load_job_config(args)
-    try:
-        report = run_utility(cfg, args.pool, args.out)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        raise JobInputError(f"error: {exc}") from None
+    report = run_utility(load_job_config(args), args.pool, args.out)
     print_report(report)
     print(f"\nwrote {report['out_dir']}/utility.json")
     return 0
