@@ -30,7 +30,7 @@ from augment.config import InpaintingConfig
 from augment.inpainting.model import ARCHITECTURE_KEYS, flow_from_payload
 from augment.inpainting.sampler import InpaintResult, inpaint
 
-__all__ = ["Painter", "FlowPainter", "BaselinePainter", "LOADERS", "register", "load_painter", "painter_of"]
+__all__ = ["Painter", "FlowPainter", "BaselinePainter", "LOADERS", "register", "load_painter"]
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -112,11 +112,6 @@ LOADERS: dict[str, Loader] = {"flow": _flow, **{kind: _baseline for kind in BASE
 def register(kind: str, loader: Loader) -> None:
     """Make checkpoints of ``kind`` loadable: ``loader(payload, source, map_location) -> Painter``."""
     LOADERS[kind] = loader
-
-
-def painter_of(model: nn.Module) -> Painter:
-    """Wrap a network already in memory (a freshly trained one, say)."""
-    return BaselinePainter(model) if isinstance(model, BaselineGenerator) else FlowPainter(model)
 
 
 def load_painter(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Painter:

@@ -56,16 +56,14 @@ def default_mask_fn(cfg: RunConfig, index: NIHIndex):
     return lambda rec, image, finding: None
 
 
-def sample_grid(model: torch.nn.Module, data: Any, icfg: InpaintingConfig, n: int = 4, seed: int = 0, title: str = ""):
+def sample_grid(painter: Any, data: Any, icfg: InpaintingConfig, n: int = 4, seed: int = 0, title: str = ""):
     """A figure of n rows (healthy input, mask, output) on fixed inputs (same ``seed`` each time),
-    painted by ``model`` of any kind (the flow model or a baseline)."""
+    painted by ``painter`` (an :class:`augment.painter.Painter` of any kind)."""
     from augment.evaluation.plots import image_grid
     from augment.findings import FINDINGS
     from augment.inpainting.train import preview_inputs
-    from augment.painter import painter_of
-
     images, masks, findings = preview_inputs(data, n, torch.Generator().manual_seed(seed))
-    res = painter_of(model).paint(images, masks, findings, icfg, torch.Generator().manual_seed(seed))
+    res = painter.paint(images, masks, findings, icfg, torch.Generator().manual_seed(seed))
     cells, titles, overlays = [], [], []
     for i in range(n):
         names = "+".join(FINDINGS[j] for j in torch.nonzero(findings[i]).flatten()) or "healthy"

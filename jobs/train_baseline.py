@@ -118,6 +118,7 @@ def train_baseline(
     from augment.baselines.train import fit_baseline
     from augment.evaluation.plots import save_figure
     from augment.inpainting.train import build_training_set
+    from augment.painter import BaselinePainter
     from jobs.generator_run import CHECKPOINT_NAME, TrainedGenerator, default_mask_fn, sample_grid
 
     kind = kind or cfg.baseline.kind
@@ -156,7 +157,7 @@ def train_baseline(
 
         def grids(model: Any, step: int) -> None:
             for name, fig in (
-                (f"step_{step:06d}.png", sample_grid(model, data, icfg, title=f"{kind} {step}")),
+                (f"step_{step:06d}.png", sample_grid(BaselinePainter(model), data, icfg, title=f"{kind} {step}")),
                 (f"crops_step_{step:06d}.png", crops_grid(model, data, title=f"{step}")),
             ):
                 path = save_figure(fig, out / "samples" / name)

@@ -130,9 +130,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def grid(step: int) -> None:
         from augment.evaluation.plots import save_figure
+        from augment.painter import FlowPainter
 
         path = out / "samples" / f"step_{step:06d}.png"
-        save_figure(sample_grid(ema_copy(model, ema), data, icfg, title=f"step {step}"), path)
+        save_figure(sample_grid(FlowPainter(ema_copy(model, ema)), data, icfg, title=f"step {step}"), path)
         metric_log.artifact(path, artifact_path="samples")
 
     fail_after = config.get("fail_after_step")
