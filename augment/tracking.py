@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -177,8 +179,6 @@ def ui_command(tracking: "TrackingConfig") -> str:
 
 def metrics_to_mlflow(metrics: dict[str, Any], step: int | None = None) -> None:
     """Log the finite numeric entries of a dict; skip None/NaN (a missing value is not a zero)."""
-    import math
-
     import mlflow
 
     clean = {
@@ -208,7 +208,9 @@ class MetricLog:
         self._client = None
         if run_id is not None:
             from mlflow import MlflowClient
+            from mlflow.entities import Metric
 
+            self._metric = Metric
             self._client = MlflowClient(tracking_uri=resolve_uri(tracking_uri) if tracking_uri else None)
 
     @property
@@ -218,14 +220,9 @@ class MetricLog:
     def add(self, values: dict[str, Any], step: int) -> None:
         if self._client is None:
             return
-        import math
-        import time
-
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         self._pending.extend(
-            Metric(k.replace(" ", "_"), float(v), now, int(step)) for k, v in values.items()
+            self._metric(k.replace(" ", "_"), float(v), now, int(step)) for k, v in values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
         )
         if len(self._pending) >= self.every:
