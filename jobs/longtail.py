@@ -122,6 +122,12 @@ def _pool(arm: str, given: dict[str, str], cfg: RunConfig) -> Path:
     )
 
 
+def empty_pool(root: Path) -> bool:
+    """True for a ``jobs.augment`` pool (its ``pool.json`` written) whose gate accepted no image."""
+    images = root / "images"
+    return (root / "pool.json").is_file() and (not images.is_dir() or not any(images.glob("*.png")))
+
+
 def arm_index(cfg: RunConfig, arm: str, train: NIHIndex, seed: int, pools: dict[str, NIHIndex],
               ceiling: NIHIndex | None, extra: dict[str, int]) -> tuple[RunConfig, NIHIndex]:
     """The classifier config and the training index of one arm at one seed."""
@@ -184,13 +190,19 @@ def run_longtail(cfg: RunConfig, pools: dict[str, str] | None = None, out_dir: s
         raise ValueError(f"the test set has no positives of some rare finding ({short}); raise longtail.test.prevalence")
     pool_index: dict[str, NIHIndex] = {}
     pool_roots: dict[str, str] = {}
+    empty: list[str] = []
     for arm in lt.arms:
         if arm in POOL_ARMS:
             root = _pool(arm, given, cfg)
             try:
                 pool_index[arm] = load_index(root)
             except DataError as exc:
-                raise DataError(f"the {arm} pool {root} holds no accepted image or is not a jobs.augment pool: {exc}") from None
+                if not empty_pool(root):
+                    raise DataError(f"the {arm} pool {root} is not a jobs.augment pool: {exc}") from None
+                # the gate let nothing through: a user of this generator trains on the real images alone,
+                # so the arm is the base classifier (its predictions are reused, not trained again)
+                log.warning("the %s pool %s holds no accepted image: the %s arm equals base", arm, root, arm)
+                empty.append(arm)
             pool_roots[arm] = str(root)
     extra = extra_counts(cfg, split.train)
     ceiling = render_ceiling_set(cfg, extra) if "ceiling" in lt.arms else None
@@ -214,7 +226,9 @@ def run_longtail(cfg: RunConfig, pools: dict[str, str] | None = None, out_dir: s
         "train_images": len(split.train), "train_positives": {f: len(split.train.with_finding(f)) for f in rare},
         "test_images": len(test), "test_patients": len({r.patient_id for r in test.records}), "test_positives": short,
         "extra_per_finding": extra, "pools": pool_roots,
-        "pool_images": {a: {f: len(ix.with_finding(f)) for f in rare} for a, ix in pool_index.items()},
+        "pool_images": {**{a: {f: len(ix.with_finding(f)) for f in rare} for a, ix in pool_index.items()},
+                        **{a: {f: 0 for f in rare} for a in empty}},
+        "empty_pools": empty,
         "classifier": cfg.classifier.model_dump(mode="json"), "cells": {},
     }
     preds: dict[str, list[np.ndarray]] = {a: [] for a in lt.arms}
@@ -224,10 +238,16 @@ def run_longtail(cfg: RunConfig, pools: dict[str, str] | None = None, out_dir: s
                    if cfg.tracking.enabled else contextlib.nullcontext(None))
         with run_ctx as run:
             run_id = report["mlflow_run_id"] = run.info.run_id if run is not None else None
+            order = ["base"] + [a for a in lt.arms if a != "base"]   # base first: an empty pool's arm reuses it
             for seed in range(lt.seeds):
-                for arm in lt.arms:
-                    scfg, train = arm_index(cfg, arm, split.train, seed, pool_index, ceiling, extra)
-                    scores, p = _cell(scfg, arm, train, split.val, test, cell_dir(arm, seed), run_id)
+                for arm in order:
+                    if arm in empty:
+                        scores, p = {**report["cells"]["base"][seed], "same_as": "base"}, preds["base"][seed]
+                        scores.pop("seed")
+                        train = split.train
+                    else:
+                        scfg, train = arm_index(cfg, arm, split.train, seed, pool_index, ceiling, extra)
+                        scores, p = _cell(scfg, arm, train, split.val, test, cell_dir(arm, seed), run_id)
                     preds[arm].append(p)
                     report["cells"].setdefault(arm, []).append({"seed": seed, **scores})
                     vals = scores["values"]

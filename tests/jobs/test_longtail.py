@@ -5,6 +5,7 @@ import json
 import pytest
 
 from augment.config import RunConfig
+from augment.data import DataError
 from jobs.longtail import _pools, extra_counts, main, render_ceiling_set, render_test_set, run_longtail
 
 
@@ -59,6 +60,9 @@ def test_bad_arms_and_pools_are_refused_clearly(tmp_path, capsys):
         run_longtail(_cfg(tmp_path), {"diffusion": "x"})
     with pytest.raises(ValueError, match="--pool vae=DIR"):
         run_longtail(_cfg(tmp_path, arms=["base", "vae"]))
+    (tmp_path / "not-a-pool" / "images").mkdir(parents=True)  # no pool.json: not written by jobs.augment
+    with pytest.raises(DataError, match="not a jobs.augment pool"):
+        run_longtail(_cfg(tmp_path, arms=["base", "vae"]), {"vae": str(tmp_path / "not-a-pool")})
     assert main(["--config", "configs/longtail.yaml", "--pool", "lsgan"]) == 2
     assert "ARM=DIR" in capsys.readouterr().err
 
@@ -88,3 +92,15 @@ def test_two_arms_one_seed_end_to_end_with_the_table_and_a_resume(tmp_path, monk
     monkeypatch.setattr(jobs.train_classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained a finished cell"))
     again = run_longtail(cfg, out_dir=tmp_path / "out")
     assert again["table"] == report["table"]
+
+    # A gated pool that accepted nothing (LSGAN at a small budget did that here): the arm is the base
+    # classifier, said so in the report, and nothing is trained for it.
+    empty = tmp_path / "lsgan-pool"
+    (empty / "images").mkdir(parents=True)
+    (empty / "pool.json").write_text('{"generator": "x"}')
+    lcfg = cfg.model_copy(update={"longtail": cfg.longtail.model_copy(update={"arms": ["lsgan", "base"]})})
+    gated = run_longtail(lcfg, {"lsgan": str(empty)}, out_dir=tmp_path / "out")
+    assert gated["empty_pools"] == ["lsgan"] and gated["pool_images"]["lsgan"] == {"Mass": 0, "Nodule": 0}
+    assert gated["cells"]["lsgan"][0]["same_as"] == "base"
+    rows = {(r["arm"], r["key"]): r for r in gated["table"]}
+    assert rows[("lsgan", "rare macro")]["delta"] == 0 and rows[("lsgan", "Mass")]["auc"] == rows[("base", "Mass")]["auc"]
