@@ -242,8 +242,10 @@ def run_longtail(cfg: RunConfig, pools: dict[str, str] | None = None, out_dir: s
             for seed in range(lt.seeds):
                 for arm in order:
                     if arm in empty:
-                        scores, p = {**report["cells"]["base"][seed], "same_as": "base"}, preds["base"][seed]
+                        # nothing trained: the cell is base's, its time not spent again
+                        scores = {**report["cells"]["base"][seed], "same_as": "base", "seconds": 0.0}
                         scores.pop("seed")
+                        p = preds["base"][seed]
                         train = split.train
                     else:
                         scfg, train = arm_index(cfg, arm, split.train, seed, pool_index, ceiling, extra)
